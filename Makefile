@@ -1,0 +1,32 @@
+# One-command set-up. `make repro` installs everything and runs the pipeline on the demo data;
+# `make test` installs everything and runs the tests. Both need only python3 (3.11+) with pip.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+# Stages run `python cli.py ...`: put the virtualenv first on PATH so that `python` is its Python.
+RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
+
+.PHONY: setup repro test bench doctor clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+repro: setup
+	$(RUN) dvc repro
+
+test: setup
+	$(RUN) python -m pytest
+
+bench: setup
+	$(RUN) python bench/decode.py
+
+doctor: setup
+	$(RUN) python cli.py doctor
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,112 @@
+"""Decoding a video to RGB frames with FFmpeg: scaling and frame-rate conversion happen inside FFmpeg
+and frames arrive through a pipe, a block at a time, so memory does not grow with video length."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import ffmpeg
+import numpy as np
+
+from pipeline.ffmpeg import ffmpeg_exe, input_path
+
+
+class DecodeError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """What to produce from one video; sizes are of the stored frames."""
+
+    width: int
+    height: int
+    fps: Fraction | None = None  # resample to this rate; None keeps every decoded frame
+    frame_stride: int = 1  # keep every n-th decoded frame
+    max_frames: int | None = None
+    threads: int = 1  # FFmpeg decoder threads
+    timeout_s: float = 3600.0
+
+
+def output_size(display_width: int, display_height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) with the short side at `short_side` and the aspect ratio kept (rounded)."""
+    if short_side is None:
+        return display_width, display_height
+    if display_width <= display_height:
+        return short_side, max(1, round(display_height * short_side / display_width))
+    return max(1, round(display_width * short_side / display_height)), short_side
+
+
+def stored_frame_count(source_frames: int, source_fps: Fraction, spec: DecodeSpec) -> int:
+    """How many frames the decode will store, for progress and sanity checks (exact for CFR video)."""
+    if spec.fps is not None:
+        count = int(round(source_frames * spec.fps / source_fps))
+    else:
+        count = -(-source_frames // spec.frame_stride)
+    return min(count, spec.max_frames) if spec.max_frames else count
+
+
+def decode_command(path: str | Path, spec: DecodeSpec, *, source_width: int, source_height: int) -> list[str]:
+    """The FFmpeg command line, built with ffmpeg-python."""
+    stream = ffmpeg.input(input_path(path), threads=spec.threads)
+    video = stream.video
+    if spec.frame_stride > 1:
+        video = video.filter("select", f"not(mod(n,{spec.frame_stride}))")
+    if spec.fps is not None:
+        video = video.filter("fps", fps=f"{spec.fps.numerator}/{spec.fps.denominator}")
+    if (spec.width, spec.height) != (source_width, source_height):
+        # Area averaging when shrinking avoids aliasing; bicubic when enlarging.
+        shrinking = spec.width * spec.height < source_width * source_height
+        flags = ("area" if shrinking else "bicubic") + "+accurate_rnd+full_chroma_int"
+        video = video.filter("scale", spec.width, spec.height, flags=flags)
+    out_args: dict[str, object] = {"format": "rawvideo", "pix_fmt": "rgb24", "fps_mode": "passthrough"}
+    if spec.max_frames:
+        out_args["frames:v"] = spec.max_frames
+    output = ffmpeg.output(video, "pipe:", **out_args).global_args("-hide_banner", "-nostdin", "-loglevel", "error")
+    return output.compile(cmd=ffmpeg_exe())
+
+
+def iter_frame_blocks(
+    path: str | Path, spec: DecodeSpec, *, source_width: int, source_height: int, block_frames: int = 64
+) -> Iterator[np.ndarray]:
+    """Yield (n, H, W, 3) uint8 RGB blocks. Raises DecodeError if FFmpeg fails or no frame arrives.
+
+    `source_width/height` are the display size (after rotation), which FFmpeg's autorotation gives.
+    """
+    frame_bytes = spec.width * spec.height * 3
+    args = decode_command(path, spec, source_width=source_width, source_height=source_height)
+    # stderr goes to a file: a pipe nobody reads could fill up and stall FFmpeg.
+    with tempfile.TemporaryFile() as err, subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err) as proc:
+        assert proc.stdout is not None
+        watchdog = threading.Timer(spec.timeout_s, proc.kill)  # a hung FFmpeg must not hang the stage
+        watchdog.start()
+        total = 0
+        try:
+            while True:
+                data = proc.stdout.read(frame_bytes * block_frames)
+                if not data:
+                    break
+                if len(data) % frame_bytes:
+                    raise DecodeError(f"{path}: FFmpeg output ended inside a frame ({len(data)} bytes)")
+                block = np.frombuffer(data, np.uint8).reshape(-1, spec.height, spec.width, 3)
+                total += len(block)
+                yield block
+        finally:
+            proc.stdout.close()
+            code = proc.wait()
+            timed_out = not watchdog.is_alive() and code != 0
+            watchdog.cancel()
+        err.seek(0)
+        message = err.read().decode(errors="replace").strip()
+        if timed_out:
+            raise DecodeError(f"{path}: FFmpeg did not finish within {spec.timeout_s:.0f} s (decode.timeout_s)")
+        if code != 0:
+            raise DecodeError(f"{path}: FFmpeg failed (exit {code}) after {total} frames: {message or 'no message'}")
+        if total == 0:
+            raise DecodeError(f"{path}: no frames decoded: {message or 'no message'}")

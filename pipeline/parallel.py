@@ -1,0 +1,94 @@
+"""Running one function over many items with dask, with a progress bar.
+
+`scheduler` chooses where the work runs:
+  - None or "local": a dask LocalCluster of `workers` single-threaded processes on this machine;
+  - "sync": in this process, one item after another (debugging, profiling);
+  - an address such as "tcp://10.0.0.5:8786": an existing dask cluster (its workers must see the
+    same paths and have this project installed).
+Results are yielded as items finish, in completion order. The function itself must turn per-item
+failures into results (see stages/): an exception escaping it is a bug and stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+@contextmanager
+def dask_client(scheduler: str | None, workers: int | None):
+    """A dask Client for `scheduler` (see module doc); None for "sync"."""
+    if scheduler == "sync":
+        yield None
+        return
+    from dask.distributed import Client, LocalCluster
+
+    # distributed configures its loggers on import; its INFO chatter would drown the progress bar.
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if scheduler in (None, "", "local"):
+        n = workers or default_workers()
+        with LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        ) as cluster, Client(cluster) as client:
+            yield client
+    else:
+        with Client(scheduler, timeout="30s") as client:
+            yield client
+
+
+def map_progress(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    desc: str = "",
+    unit: str = "item",
+    weight: Callable[[T], int] = lambda item: 1,
+    postfix: Callable[[R], str | None] = lambda result: None,
+) -> Iterator[R]:
+    """Yield fn(item) for every item, showing a bar of `unit`s (each item counts `weight(item)`)."""
+    if not items:
+        return
+    total = sum(weight(item) for item in items)
+    bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, mininterval=0.5)
+    done = 0
+
+    def advance(item: T, result: R) -> None:
+        nonlocal done
+        done += 1
+        bar.update(weight(item))
+        note = postfix(result)
+        bar.set_postfix_str(f"{done}/{len(items)} videos" + (f", {note}" if note else ""), refresh=False)
+
+    try:
+        with dask_client(scheduler, workers) as client:
+            if client is None:
+                for item in items:
+                    result = fn(item)
+                    advance(item, result)
+                    yield result
+                return
+            from dask.distributed import as_completed
+
+            futures = {client.submit(fn, item, pure=False): item for item in items}
+            for future in as_completed(futures):
+                result = future.result()
+                advance(futures[future], result)
+                yield result
+    finally:
+        bar.close()

@@ -1,0 +1,89 @@
+"""Finding the videos under a root folder, and naming each with a stable, path-safe id."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_SLUG = 80
+
+
+def video_id(relpath: str) -> str:
+    """A stable, unique id that is safe as a file name and as a Zarr node name.
+
+    A readable slug of the relative path, plus 8 hex digits of its hash so that paths that slug alike
+    ("a b.mp4", "a_b.mp4") stay distinct. Depends on the relative path only, never on the machine.
+    """
+    posix = relpath.replace(os.sep, "/")
+    slug = _UNSAFE.sub("_", posix.replace("/", "__")).strip("._-") or "video"
+    digest = hashlib.sha1(posix.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{slug[:_MAX_SLUG]}-{digest}"
+
+
+@dataclass(frozen=True)
+class FoundVideo:
+    path: Path  # as reached from the root (may pass through symlinks)
+    relpath: str  # POSIX, relative to the root
+    video_id: str
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    videos: list[FoundVideo]
+    skipped: list[tuple[str, str]]  # (relpath, why) for directories not entered
+
+
+def scan_videos(root: str | Path, extensions: list[str] | tuple[str, ...], *, follow_symlinks: bool = True) -> ScanResult:
+    """Every file under `root` whose extension (any case) is in `extensions`, in sorted order.
+
+    Symlinked directories are followed when asked, each real directory at most once, so a symlink
+    loop ends the descent with a note instead of recursing forever.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"videos root {root} is not a directory (set data.videos in params.yaml)")
+    wanted = {ext.lower() for ext in extensions}
+    seen_dirs: set[tuple[int, int]] = set()
+    videos: list[FoundVideo] = []
+    skipped: list[tuple[str, str]] = []
+
+    def walk(directory: Path, rel: str) -> None:
+        try:
+            stat = directory.stat()
+        except OSError as exc:
+            skipped.append((rel or ".", f"cannot enter: {exc.strerror or exc}"))
+            return
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen_dirs:
+            skipped.append((rel, "directory already visited (symlink loop or duplicate link); not entered again"))
+            return
+        seen_dirs.add(key)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as exc:
+            skipped.append((rel or ".", f"cannot list: {exc.strerror or exc}"))
+            return
+        for entry in entries:
+            child_rel = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=follow_symlinks)
+            except OSError:
+                is_dir = False  # a link loop on a file name: treated as a file, probing reports it
+            if is_dir:
+                if entry.is_symlink() and not follow_symlinks:
+                    continue
+                walk(Path(entry.path), child_rel)
+            elif Path(entry.name).suffix.lower() in wanted:
+                videos.append(FoundVideo(Path(entry.path), child_rel, video_id(child_rel)))
+
+    walk(root, "")
+    for rel, why in skipped:
+        log.warning("skipped %s: %s", rel, why)
+    return ScanResult(videos=videos, skipped=skipped)

@@ -1,0 +1,130 @@
+"""The Zarr v3 store: writing one video's array atomically, and finding what is already there.
+
+An array is built under `<store>/.partial/` and renamed into its group only when complete, so a
+killed run leaves either the old finished array, or none, never a partial one that looks finished.
+Layout and codecs are declared in schemas/store.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from schemas import store as layout
+
+
+def group_path(store: str | Path, group: str) -> Path:
+    return Path(store) / group
+
+
+def ensure_group(store: str | Path, group: str) -> zarr.Group:
+    """Create (or open) the store's root group and `group`, each a Zarr group of its own."""
+    zarr.open_group(store=str(store), mode="a", zarr_format=3)
+    return zarr.open_group(store=str(group_path(store, group)), mode="a", zarr_format=3)
+
+
+def array_attrs(store: str | Path, group: str, name: str) -> dict[str, Any] | None:
+    """Attributes of a finished array, or None if there is none (cheap: reads one small JSON file)."""
+    meta = group_path(store, group) / name / "zarr.json"
+    try:
+        return json.loads(meta.read_text()).get("attributes", {})
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def finished_arrays(store: str | Path, group: str) -> list[str]:
+    """Names of the finished arrays in `group`."""
+    root = group_path(store, group)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "zarr.json").is_file())
+
+
+def remove_array(store: str | Path, group: str, name: str) -> None:
+    shutil.rmtree(group_path(store, group) / name, ignore_errors=True)
+
+
+def clear_partial(store: str | Path, group: str) -> None:
+    """Remove leftovers of killed runs (never finished arrays)."""
+    shutil.rmtree(Path(store) / layout.PARTIAL_DIR / group, ignore_errors=True)
+
+
+def write_frames(
+    store: str | Path,
+    name: str,
+    blocks: Iterable[np.ndarray],
+    *,
+    height: int,
+    width: int,
+    chunk_frames: int,
+    shard_frames: int,
+    attrs: dict[str, Any],
+) -> int:
+    """Write blocks of (n, H, W, 3) uint8 frames as `frames/<name>`, atomically; returns the count.
+
+    `attrs` are stored with the array, plus `num_frames`, once the last frame is written.
+    Blocks of any length are regrouped into whole shards so that each shard file is written once.
+    """
+    group = layout.FRAMES_GROUP
+    ensure_group(store, group)
+    partial_root = Path(store) / layout.PARTIAL_DIR / group
+    partial_root.mkdir(parents=True, exist_ok=True)
+    tmp = partial_root / f"{name}.{uuid.uuid4().hex}"
+    try:
+        array = zarr.create_array(
+            store=str(tmp),
+            shape=(0, height, width, 3),
+            dtype=layout.FRAMES_DTYPE,
+            chunks=layout.frames_chunks(height, width, chunk_frames),
+            shards=layout.frames_shards(height, width, shard_frames),
+            compressors=zarr.codecs.ZstdCodec(level=layout.ZSTD_LEVEL),
+            fill_value=0,
+            dimension_names=layout.FRAMES_AXES,
+            zarr_format=3,
+        )
+        count = 0
+        for shard in _regroup(blocks, shard_frames, (height, width, 3)):
+            array.resize((count + len(shard), height, width, 3))
+            array[count : count + len(shard)] = shard
+            count += len(shard)
+        array.attrs.update({**attrs, "num_frames": count})
+        final = group_path(store, group) / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        return count
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _regroup(blocks: Iterable[np.ndarray], size: int, frame_shape: tuple[int, ...]):
+    """Re-cut a stream of frame blocks into blocks of exactly `size` frames (the last may be short)."""
+    pending: list[np.ndarray] = []
+    have = 0
+    for block in blocks:
+        if block.shape[1:] != frame_shape:
+            raise ValueError(f"frame block of shape {block.shape[1:]} where {frame_shape} was expected")
+        pending.append(block)
+        have += len(block)
+        while have >= size:
+            joined = np.concatenate(pending)
+            yield joined[:size]
+            pending, have = [joined[size:]], have - size
+    if have:
+        yield np.concatenate(pending)
+
+
+def open_frames(store: str | Path, name: str) -> zarr.Array:
+    """A finished frames array, read-only."""
+    path = group_path(store, layout.FRAMES_GROUP) / name
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"no frames for video {name!r} in {store}; run the decode stage")
+    return zarr.open_array(store=str(path), mode="r", zarr_format=3)

@@ -1,0 +1,76 @@
+"""Writing and reading the pipeline's Parquet tables: schema-checked, atomic, deterministic."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def atomic_write_bytes(path: str | Path, write) -> None:
+    """Call write(tmp_path) then rename over `path`, so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_table(
+    path: str | Path,
+    rows: Iterable[Mapping[str, Any]],
+    schema: pa.Schema,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+) -> pa.Table:
+    """Write rows (dicts keyed by the schema's columns) as Parquet, atomically.
+
+    A row with a missing or extra column is an error here, not a surprise for the reader.
+    `metadata` (JSON-serialisable) is stored in the file's key-value metadata, under its keys.
+    """
+    rows = list(rows)
+    names = set(schema.names)
+    for index, row in enumerate(rows):
+        if set(row) != names:
+            missing, extra = names - set(row), set(row) - names
+            raise ValueError(f"row {index} does not match the table schema: missing {sorted(missing)}, extra {sorted(extra)}")
+    table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
+    if metadata:
+        encoded = {key: json.dumps(value, sort_keys=True) for key, value in metadata.items()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **encoded})
+    # No statistics timestamps or created_by drift: the same rows give the same bytes.
+    atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    return table
+
+
+def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
+    """Read a table; with `schema`, check it has exactly those columns."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run the stage that writes it first")
+    table = pq.read_table(path)
+    if schema is not None and table.schema.names != schema.names:
+        raise ValueError(f"{path}: columns {table.schema.names} differ from the declared {schema.names}; re-run its stage")
+    return table
+
+
+def table_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata stored by write_table."""
+    raw = pq.read_schema(path).metadata or {}
+    out = {}
+    for key, value in raw.items():
+        key_s = key.decode()
+        if key_s.startswith("ARROW:") or key_s == "pandas":
+            continue
+        out[key_s] = json.loads(value)
+    return out

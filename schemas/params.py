@@ -1,0 +1,177 @@
+"""Typed schema of `params.yaml`: one model per section, validated before any stage runs.
+
+Every section forbids unknown keys, so a typo is an error naming the key instead of a silently
+ignored setting. `load_section` turns pydantic's errors into one message a person can act on.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base of every params section: strict keys, immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    """Shared locations. `videos` is the one value a user changes to use their own videos."""
+
+    videos: str = "data/demo/videos"
+    demo: str = "data/demo"
+    manifest: str = "data/manifest"
+    store: str = "data/store.zarr"
+    decode: str = "data/decode"
+
+
+MOTION_CLASSES = ("slide_horizontal", "slide_vertical", "rotate", "zoom_in", "zoom_out", "oscillate")
+
+
+class MakeDemoParams(Section):
+    """Synthetic labelled demo dataset (see pipeline/synth.py)."""
+
+    seed: int = 0
+    classes: list[Literal[MOTION_CLASSES]] = Field(default_factory=lambda: list(MOTION_CLASSES))  # type: ignore[valid-type]
+    videos_per_class: int = Field(8, ge=1, le=10_000)
+    frames: int = Field(48, ge=2, le=10_000)
+    width: int = Field(170, ge=16, le=4096)
+    height: int = Field(128, ge=16, le=4096)
+    fps: int = Field(25, ge=1, le=240)
+    camera_motion_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    crf: int = Field(12, ge=0, le=51)
+
+    @field_validator("classes")
+    @classmethod
+    def _non_empty_unique(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"at least one class is needed; allowed: {', '.join(MOTION_CLASSES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("classes must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _even_size(self) -> "MakeDemoParams":
+        # H.264 in yuv420p needs even dimensions; odd ones would be silently cropped by the encoder.
+        if self.width % 2 or self.height % 2:
+            raise ValueError(f"width and height must be even for H.264 (got {self.width}x{self.height})")
+        return self
+
+
+DEFAULT_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp")
+
+
+class ProbeParams(Section):
+    """Scanning the videos root and validating each video."""
+
+    extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
+    min_frames: int = Field(2, ge=1, description="fewer decodable frames than this is a failure (flow needs 2)")
+    follow_symlinks: bool = True
+    timeout_s: float = Field(600.0, gt=0, description="per-video limit for FFmpeg")
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_lowercase(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one extension is needed, e.g. ['.mp4']")
+        bad = [ext for ext in value if not ext.startswith(".") or ext != ext.lower()]
+        if bad:
+            raise ValueError(f"extensions must be lower case and start with a dot, e.g. '.mp4'; got {bad}")
+        return value
+
+
+class DecodeParams(Section):
+    """Decoding to frame arrays. Stored resolution and frame rate are decided here."""
+
+    short_side: int | None = Field(128, ge=8, le=4096, description="null keeps the source resolution")
+    fps: float | None = Field(None, gt=0, le=240, description="resample to this frame rate; null keeps the source")
+    frame_stride: int = Field(1, ge=1, le=1000, description="keep every n-th decoded frame")
+    max_frames: int | None = Field(None, ge=1, description="stop after this many stored frames")
+    chunk_frames: int = Field(8, ge=1, le=1024)
+    shard_frames: int = Field(256, ge=1, le=65_536)
+    timeout_s: float = Field(3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DecodeParams":
+        if self.fps is not None and self.frame_stride != 1:
+            raise ValueError("set either fps or frame_stride, not both (fps resamples in time, frame_stride subsamples)")
+        if self.shard_frames % self.chunk_frames:
+            raise ValueError(
+                f"shard_frames ({self.shard_frames}) must be a multiple of chunk_frames ({self.chunk_frames})"
+            )
+        return self
+
+    def fps_fraction(self) -> Fraction | None:
+        return None if self.fps is None else Fraction(self.fps).limit_denominator(1001)
+
+
+class Params(Section):
+    """The whole `params.yaml`."""
+
+    data: DataParams = DataParams()
+    make_demo: MakeDemoParams = MakeDemoParams()
+    probe: ProbeParams = ProbeParams()
+    decode: DecodeParams = DecodeParams()
+
+
+class ParamsError(ValueError):
+    """A params file that does not match the schema; the message names file, key, value and rule."""
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def _describe(error: dict[str, Any], prefix: str) -> str:
+    key = ".".join([prefix, *(str(part) for part in error["loc"])]) if prefix else ".".join(map(str, error["loc"]))
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        return f"{key} = {value!r}: unknown key"
+    allowed = ""
+    ctx = error.get("ctx") or {}
+    if "expected" in ctx:
+        allowed = f" (allowed: {ctx['expected']})"
+    return f"{key} = {value!r}: {error['msg']}{allowed}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model section that holds `loc`, to suggest the right spelling."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def validate(model: type[S], raw: Any, *, source: str, prefix: str = "") -> S:
+    """Validate `raw` against `model`; raise ParamsError with one line per problem."""
+    try:
+        return model.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            line = _describe(error, prefix)
+            if error["type"] == "extra_forbidden":
+                line += f"; allowed keys: {', '.join(_allowed_keys(model, tuple(error['loc'])))}"
+            lines.append(line)
+        raise ParamsError(f"{source}: invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a whole params file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return validate(Params, raw, source=str(path))

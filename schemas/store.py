@@ -1,0 +1,47 @@
+"""Layout of the Zarr v3 store: which arrays exist, their dtype, shape, chunking and attributes.
+
+    <store>/frames/<video_id>            (T, H, W, 3) uint8 RGB, the decode stage's output
+    <store>/.partial/frames/<video_id>.* arrays being written; renamed into place when complete
+
+Each top-level group (`frames`, later `flow/<method>`) is one stage's DVC output and a Zarr group
+of its own, so a reader can open it without the store's root.
+"""
+
+from __future__ import annotations
+
+STORE_VERSION = 1
+
+FRAMES_GROUP = "frames"
+PARTIAL_DIR = ".partial"  # in-progress writes live here and are never mistaken for finished arrays
+
+FRAMES_DTYPE = "uint8"
+FRAMES_AXES = ("t", "y", "x", "c")  # RGB channels last
+ZSTD_LEVEL = 3
+
+# Attributes every frames array carries (array.attrs).
+FRAMES_ATTRS = (
+    "video_id",  # id of the source video
+    "relpath",  # source path relative to the videos root
+    "sha256",  # source content hash
+    "fps",  # [num, den] of the stored frames
+    "source_fps",  # [num, den] of the source
+    "source_frame_step",  # source frames per stored frame
+    "source_size",  # [width, height] after rotation
+    "scale",  # stored size / source size
+    "params",  # the decode params that produced it
+    "ffmpeg",  # FFmpeg version string used
+    "axes",  # FRAMES_AXES
+    "fingerprint",  # hash of source and params; a re-run skips arrays whose fingerprint matches
+    "store_version",
+    "num_frames",  # T, written last: an array carrying it is complete
+)
+
+
+def frames_chunks(height: int, width: int, chunk_frames: int) -> tuple[int, int, int, int]:
+    """Chunk = a few whole frames: a clip read touches few chunks and never a partial frame."""
+    return (chunk_frames, height, width, 3)
+
+
+def frames_shards(height: int, width: int, shard_frames: int) -> tuple[int, int, int, int]:
+    """Shard = many chunks in one file, so a video is a handful of files (DVC hashes every file)."""
+    return (shard_frames, height, width, 3)

@@ -1,0 +1,90 @@
+"""Columns of every Parquet table the pipeline writes, declared once.
+
+Stages build rows as plain dicts and hand them to `pipeline.tables.write_table` with one of these
+schemas, which rejects a missing or extra column instead of writing a table that drifts.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Bump when a table's meaning changes, so stale outputs are recognised.
+TABLES_VERSION = 1
+
+# data/manifest/videos.parquet: one row per usable video (probe stage).
+VIDEOS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),  # stable id, safe as a path component
+        pa.field("relpath", pa.string(), nullable=False),  # POSIX path relative to the videos root
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("container", pa.string(), nullable=False),  # FFmpeg demuxer names, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+        pa.field("codec", pa.string(), nullable=False),  # e.g. "h264", "mpeg4", "vp9"
+        pa.field("width", pa.int32(), nullable=False),  # coded size, before rotation
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("display_width", pa.int32(), nullable=False),  # after applying rotation metadata
+        pa.field("display_height", pa.int32(), nullable=False),
+        pa.field("pix_fmt", pa.string(), nullable=False),
+        pa.field("fps_num", pa.int64(), nullable=False),  # nominal frame rate fps_num / fps_den
+        pa.field("fps_den", pa.int64(), nullable=False),
+        pa.field("fps", pa.float64(), nullable=False),  # the same rate as a float, for convenience
+        pa.field("num_frames", pa.int64(), nullable=False),  # exact count of decodable frames
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("rotation", pa.int16(), nullable=False),  # degrees, counter-clockwise, one of 0/90/180/270
+        pa.field("is_vfr", pa.bool_(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # "ok" or "degraded" (decodes, with errors)
+        pa.field("warnings", pa.string(), nullable=False),  # "" when none; FFmpeg's complaints otherwise
+    ]
+)
+
+VIDEO_STATUSES = ("ok", "degraded")
+
+# <stage out>/failures.parquet: videos a stage could not use, and why (same columns for every stage).
+FAILURES = pa.schema(
+    [
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("relpath", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # short category, see FAILURE_REASONS
+        pa.field("detail", pa.string(), nullable=False),  # what went wrong and what to do, for a person
+    ]
+)
+
+FAILURE_REASONS = (
+    "empty_file",
+    "unreadable",
+    "not_a_video",
+    "no_video_stream",
+    "too_few_frames",
+    "decode_error",
+    "timeout",
+    "internal_error",
+)
+
+# data/decode/decoded.parquet: one row per frame array in the store (decode stage).
+DECODED = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("relpath", pa.string(), nullable=False),
+        pa.field("array", pa.string(), nullable=False),  # path of the array inside the store
+        pa.field("num_frames", pa.int64(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("fps_num", pa.int64(), nullable=False),  # frame rate of the stored frames
+        pa.field("fps_den", pa.int64(), nullable=False),
+        pa.field("source_frame_step", pa.float64(), nullable=False),  # source frames per stored frame
+        pa.field("scale", pa.float64(), nullable=False),  # stored size / source display size
+    ]
+)
+
+# data/demo/labels.parquet: the synthetic demo dataset's classes (make_demo stage).
+DEMO_LABELS = pa.schema(
+    [
+        pa.field("relpath", pa.string(), nullable=False),  # relative to the demo videos root
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("label_index", pa.int32(), nullable=False),
+        pa.field("camera_motion", pa.bool_(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("truth", pa.string(), nullable=False),  # ground-truth motion file, relative to the demo root
+    ]
+)

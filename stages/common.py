@@ -1,0 +1,51 @@
+"""What every stage shares: the failure-record policy, provenance metadata, and the run summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas import tables
+
+log = logging.getLogger("stages")
+
+
+def failure(stage: str, video_id: str, relpath: str, reason: str, detail: str) -> dict[str, str]:
+    """One row of a failures table. Policy: a video a stage cannot use is recorded here with a reason,
+    logged, counted in the summary, and the stage goes on with the others."""
+    if reason not in tables.FAILURE_REASONS:
+        raise ValueError(f"unknown failure reason {reason!r}")
+    log.warning("%s: %s: %s (%s)", stage, relpath, detail, reason)
+    return {"stage": stage, "video_id": video_id, "relpath": relpath, "reason": reason, "detail": detail}
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short, stable hash of JSON-able parts (params models included)."""
+    plain = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Summary:
+    """Counts a stage reports at the end, for people."""
+
+    stage: str
+    started: float = field(default_factory=time.monotonic)
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def text(self) -> str:
+        seconds = time.monotonic() - self.started
+        parts = [f"{key} {value:,}" for key, value in self.counts.items()]
+        lines = [f"{self.stage}: " + ", ".join(parts) + f" in {seconds:.1f} s"]
+        lines += [f"  {note}" for note in self.notes]
+        return "\n".join(lines)

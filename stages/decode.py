@@ -1,0 +1,168 @@
+"""decode stage: every usable video of the manifest into a (T, H, W, 3) uint8 RGB Zarr array.
+
+    <store>/frames/<video_id>   the frames (layout: schemas/store.py)
+    <out>/decoded.parquet       one row per array (schemas.tables.DECODED)
+    <out>/failures.parquet      videos that did not decode, with the reason
+
+Atomic and resumable per video: an array appears only when complete, and a re-run skips arrays
+whose fingerprint (source hash + decode params) matches, redoing the rest. Arrays of videos no
+longer in the manifest are removed, so the store always matches the manifest and params.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from pipeline import store
+from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks, output_size, stored_frame_count
+from pipeline.ffmpeg import ffmpeg_binary
+from pipeline.parallel import map_progress
+from pipeline.tables import read_table, write_table
+from schemas import store as layout
+from schemas.params import DecodeParams
+from schemas.tables import DECODED, FAILURES, VIDEOS
+from stages.common import Summary, failure, fingerprint
+
+STAGE = "decode"
+
+
+@dataclass(frozen=True)
+class DecodeItem:
+    video: dict[str, Any]  # the manifest row
+    path: str  # absolute path of the source
+    spec: DecodeSpec
+    params: DecodeParams
+    store: str
+    fingerprint: str
+    expected_frames: int
+
+
+def plan_item(row: dict[str, Any], videos_root: Path, params: DecodeParams, store_path: str) -> DecodeItem:
+    width, height = output_size(row["display_width"], row["display_height"], params.short_side)
+    spec = DecodeSpec(
+        width=width, height=height, fps=params.fps_fraction(), frame_stride=params.frame_stride,
+        max_frames=params.max_frames, timeout_s=params.timeout_s,
+    )  # fmt: skip
+    source_fps = Fraction(row["fps_num"], row["fps_den"])
+    return DecodeItem(
+        video=row,
+        path=str((videos_root / row["relpath"]).absolute()),
+        spec=spec,
+        params=params,
+        store=store_path,
+        # Only what changes the pixels: the source content and the params (not paths, not versions).
+        fingerprint=fingerprint(row["sha256"], params, layout.STORE_VERSION),
+        expected_frames=stored_frame_count(row["num_frames"], source_fps, spec),
+    )
+
+
+def _stored_fps(row: dict[str, Any], spec: DecodeSpec) -> Fraction:
+    source = Fraction(row["fps_num"], row["fps_den"])
+    return spec.fps if spec.fps is not None else source / spec.frame_stride
+
+
+def decoded_row(item: DecodeItem, num_frames: int) -> dict[str, Any]:
+    row, spec = item.video, item.spec
+    fps = _stored_fps(row, spec)
+    return {
+        "video_id": row["video_id"],
+        "relpath": row["relpath"],
+        "array": f"{layout.FRAMES_GROUP}/{row['video_id']}",
+        "num_frames": num_frames,
+        "height": spec.height,
+        "width": spec.width,
+        "fps_num": fps.numerator,
+        "fps_den": fps.denominator,
+        "source_frame_step": float(Fraction(row["fps_num"], row["fps_den"]) / fps),
+        "scale": spec.height / row["display_height"],
+    }
+
+
+def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
+    """("skipped" | "decoded", decoded row) or ("failed", failure row)."""
+    row = item.video
+    existing = store.array_attrs(item.store, layout.FRAMES_GROUP, row["video_id"])
+    if existing and existing.get("fingerprint") == item.fingerprint:
+        return "skipped", decoded_row(item, existing["num_frames"])
+    spec = item.spec
+    fps = _stored_fps(row, spec)
+    attrs = {
+        "video_id": row["video_id"],
+        "relpath": row["relpath"],
+        "sha256": row["sha256"],
+        "fps": [fps.numerator, fps.denominator],
+        "source_fps": [row["fps_num"], row["fps_den"]],
+        "source_frame_step": float(Fraction(row["fps_num"], row["fps_den"]) / fps),
+        "source_size": [row["display_width"], row["display_height"]],
+        "scale": spec.height / row["display_height"],
+        "params": item.params.model_dump(mode="json"),
+        "ffmpeg": ffmpeg_binary().version,
+        "axes": list(layout.FRAMES_AXES),
+        "fingerprint": item.fingerprint,
+        "store_version": layout.STORE_VERSION,
+    }
+    try:
+        blocks = iter_frame_blocks(
+            item.path, spec, source_width=row["display_width"], source_height=row["display_height"]
+        )
+        count = store.write_frames(
+            item.store, row["video_id"], blocks,
+            height=spec.height, width=spec.width, chunk_frames=item.params.chunk_frames,
+            shard_frames=item.params.shard_frames, attrs=attrs,
+        )  # fmt: skip
+    except DecodeError as exc:
+        return "failed", failure(STAGE, row["video_id"], row["relpath"], "decode_error", str(exc))
+    except OSError as exc:
+        return "failed", failure(STAGE, row["video_id"], row["relpath"], "unreadable", f"{exc.strerror or exc}")
+    return "decoded", decoded_row(item, count)
+
+
+def run(
+    params: DecodeParams,
+    manifest: str | Path,
+    videos_root: str | Path,
+    store_path: str | Path,
+    out: str | Path,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+) -> Summary:
+    summary = Summary("decode")
+    videos = read_table(Path(manifest) / "videos.parquet", VIDEOS).to_pylist()
+    store_name, store_path, out = str(store_path), str(Path(store_path).absolute()), Path(out)
+    store.ensure_group(store_path, layout.FRAMES_GROUP)
+    store.clear_partial(store_path, layout.FRAMES_GROUP)  # leftovers of a killed run
+    wanted = {row["video_id"] for row in videos}
+    for name in store.finished_arrays(store_path, layout.FRAMES_GROUP):
+        if name not in wanted:
+            store.remove_array(store_path, layout.FRAMES_GROUP, name)
+            summary.add("stale arrays removed")
+    items = [plan_item(row, Path(videos_root), params, store_path) for row in videos]
+    rows, failures = [], []
+    results = map_progress(
+        decode_one, items, scheduler=scheduler, workers=workers, desc="decode", unit="frame",
+        weight=lambda item: item.expected_frames,
+    )  # fmt: skip
+    for status, row in results:
+        summary.add(status)
+        if status == "failed":
+            failures.append(row)
+            store.remove_array(store_path, layout.FRAMES_GROUP, row["video_id"])  # an old array would be stale
+        else:
+            rows.append(row)
+    rows.sort(key=lambda row: row["video_id"])
+    failures.sort(key=lambda row: row["video_id"])
+    metadata = {"params": params.model_dump(mode="json"), "store": store_name}
+    write_table(out / "decoded.parquet", rows, DECODED, metadata=metadata)
+    write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata)
+    summary.add("frames stored", sum(row["num_frames"] for row in rows))
+    expected = {item.video["video_id"]: item.expected_frames for item in items}
+    off = [row for row in rows if row["num_frames"] != expected[row["video_id"]]]
+    for row in off[:10]:
+        summary.notes.append(
+            f"{row['relpath']}: {row['num_frames']} frames stored, {expected[row['video_id']]} expected from the probe"
+        )
+    return summary

@@ -1,0 +1,132 @@
+"""probe stage: scan the videos root and write the manifest of usable videos, and the failures.
+
+    <out>/videos.parquet     one row per usable video (schemas.tables.VIDEOS)
+    <out>/failures.parquet   one row per video that cannot be used, with the reason
+
+Each video is hashed and decoded once (to count frames exactly and catch corrupt streams), in
+parallel with dask. A re-run reuses the previous manifest's rows for files whose content hash and
+probe params are unchanged, so adding ten videos to a folder of ten thousand probes ten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.ffmpeg import ffmpeg_binary
+from pipeline.parallel import map_progress
+from pipeline.probe import ProbeError, probe_video
+from pipeline.scan import FoundVideo, scan_videos
+from pipeline.tables import read_table, table_metadata, write_table
+from schemas.params import ProbeParams
+from schemas.tables import FAILURES, TABLES_VERSION, VIDEOS
+from stages.common import Summary, failure, fingerprint
+
+STAGE = "probe"
+
+
+@dataclass(frozen=True)
+class ProbeItem:
+    video: FoundVideo
+    params: ProbeParams
+    cached: dict[str, Any] | None  # the previous run's row for this relpath, if any
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def probe_one(item: ProbeItem) -> tuple[str, dict[str, Any]]:
+    """("probed" or "reused", manifest row) or ("failed", failure row). Never raises for a bad video."""
+    video = item.video
+    fail = lambda reason, detail: ("failed", failure(STAGE, video.video_id, video.relpath, reason, detail))  # noqa: E731
+    try:
+        size = video.path.stat().st_size
+        digest = file_sha256(video.path) if size else ""
+    except OSError as exc:
+        return fail("unreadable", f"cannot read the file: {exc.strerror or exc}")
+    if item.cached and item.cached["sha256"] == digest and item.cached["size_bytes"] == size:
+        return "reused", item.cached
+    try:
+        info = probe_video(video.path, timeout_s=item.params.timeout_s, min_frames=item.params.min_frames)
+    except ProbeError as exc:
+        return fail(exc.reason, exc.detail)
+    header = info.header
+    return "probed", {
+        "video_id": video.video_id,
+        "relpath": video.relpath,
+        "size_bytes": size,
+        "sha256": digest,
+        "container": header.container,
+        "codec": header.codec,
+        "width": header.width,
+        "height": header.height,
+        "display_width": info.display_width,
+        "display_height": info.display_height,
+        "pix_fmt": header.pix_fmt,
+        "fps_num": info.fps.numerator,
+        "fps_den": info.fps.denominator,
+        "fps": float(info.fps),
+        "num_frames": info.num_frames,
+        "duration_s": round(info.duration_s, 6),
+        "rotation": header.rotation,
+        "is_vfr": info.is_vfr,
+        "status": "degraded" if info.errors else "ok",
+        "warnings": "; ".join(info.errors),
+    }
+
+
+def _previous_rows(out: Path, params_key: str) -> dict[str, dict[str, Any]]:
+    """Rows of the last manifest, by relpath, if it was made with the same params and table version."""
+    path = out / "videos.parquet"
+    if not path.exists():
+        return {}
+    try:
+        meta = table_metadata(path)
+        if meta.get("probe_key") != params_key:
+            return {}
+        return {row["relpath"]: row for row in read_table(path, VIDEOS).to_pylist()}
+    except (OSError, ValueError, KeyError):
+        return {}  # an unreadable old manifest is simply not reused
+
+
+def run(
+    params: ProbeParams, videos_root: str | Path, out: str | Path, *, scheduler: str | None = None, workers: int | None = None
+) -> Summary:
+    videos_root, out = Path(videos_root), Path(out)
+    summary = Summary("probe")
+    scan = scan_videos(videos_root, params.extensions, follow_symlinks=params.follow_symlinks)
+    for rel, why in scan.skipped:
+        summary.notes.append(f"skipped folder {rel}: {why}")
+    ids = [v.video_id for v in scan.videos]
+    if len(set(ids)) != len(ids):
+        raise RuntimeError("two videos got the same id; please report this with the file names")  # hash collision
+    params_key = fingerprint(params, TABLES_VERSION)
+    previous = _previous_rows(out, params_key)
+    items = [ProbeItem(video, params, previous.get(video.relpath)) for video in scan.videos]
+    rows, failures, reused = [], [], 0
+    for status, row in map_progress(probe_one, items, scheduler=scheduler, workers=workers, desc="probe", unit="video"):
+        (failures if status == "failed" else rows).append(row)
+        reused += status == "reused"
+    rows.sort(key=lambda row: row["relpath"])
+    failures.sort(key=lambda row: row["relpath"])
+    metadata = {
+        "params": params.model_dump(mode="json"),
+        "probe_key": params_key,
+        "videos_root": str(videos_root),
+        "ffmpeg": ffmpeg_binary().version,
+    }
+    write_table(out / "videos.parquet", rows, VIDEOS, metadata=metadata)
+    write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata)
+    summary.add("videos found", len(items))
+    summary.add("usable", len(rows))
+    summary.add("degraded", sum(row["status"] == "degraded" for row in rows))
+    summary.add("failed", len(failures))
+    summary.add("reused from the last run", reused)
+    summary.add("frames", sum(row["num_frames"] for row in rows))
+    if failures:
+        summary.notes.append(f"failures and their reasons: {out / 'failures.parquet'}")
+    return summary
