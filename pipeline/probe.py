@@ -179,7 +179,10 @@ def _pix_fmt(video_line: str) -> str:
 
 
 def _open_failure(stderr: str) -> str:
-    messages = [_strip_prefix(raw) for level, raw in _split_log(stderr) if level in ("error", "fatal")]
+    messages = [
+        _strip_prefix(raw) for level, raw in _split_log(stderr)
+        if level in ("error", "fatal") and not _strip_prefix(raw).startswith("Error opening input file ")
+    ]  # fmt: skip
     said = "; ".join(dict.fromkeys(messages)) or "no message"
     return f"FFmpeg cannot open it ({said}): the file is truncated, corrupt or not a video"
 

@@ -64,6 +64,11 @@ def _stored_fps(row: dict[str, Any], spec: DecodeSpec) -> Fraction:
     return spec.fps if spec.fps is not None else source / spec.frame_stride
 
 
+def _scale(row: dict[str, Any], spec: DecodeSpec) -> float:
+    """Stored short side / source short side (both sides scale alike, up to rounding)."""
+    return min(spec.width, spec.height) / min(row["display_width"], row["display_height"])
+
+
 def decoded_row(item: DecodeItem, num_frames: int) -> dict[str, Any]:
     row, spec = item.video, item.spec
     fps = _stored_fps(row, spec)
@@ -77,7 +82,7 @@ def decoded_row(item: DecodeItem, num_frames: int) -> dict[str, Any]:
         "fps_num": fps.numerator,
         "fps_den": fps.denominator,
         "source_frame_step": float(Fraction(row["fps_num"], row["fps_den"]) / fps),
-        "scale": spec.height / row["display_height"],
+        "scale": _scale(row, spec),
     }
 
 
@@ -97,7 +102,7 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
         "source_fps": [row["fps_num"], row["fps_den"]],
         "source_frame_step": float(Fraction(row["fps_num"], row["fps_den"]) / fps),
         "source_size": [row["display_width"], row["display_height"]],
-        "scale": spec.height / row["display_height"],
+        "scale": _scale(row, spec),
         "params": item.params.model_dump(mode="json"),
         "ffmpeg": ffmpeg_binary().version,
         "axes": list(layout.FRAMES_AXES),

@@ -1,0 +1,75 @@
+"""schemas/params.py: the repo's params.yaml validates, and bad params say what is wrong."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import cli
+from schemas.params import DecodeParams, Params, ParamsError, load_params
+
+REPO = Path(__file__).parent.parent
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_repo_params_file_is_valid_and_matches_defaults():
+    params = load_params(REPO / "params.yaml")
+    assert params == Params()  # params.yaml spells out the defaults, so the two cannot drift
+
+
+def test_unknown_key_is_named_with_the_allowed_keys(tmp_path):
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, {"decode": {"shortside": 112}}))
+    message = str(err.value)
+    assert "decode.shortside = 112: unknown key" in message
+    assert "allowed keys: chunk_frames, fps, frame_stride, max_frames, shard_frames, short_side, timeout_s" in message
+
+
+def test_unknown_section_is_named(tmp_path):
+    with pytest.raises(ParamsError, match=r"decoder = .*unknown key; allowed keys: data, decode, make_demo, probe"):
+        load_params(write(tmp_path, {"decoder": {}}))
+
+
+@pytest.mark.parametrize(
+    "section, values, expected",
+    [
+        ("decode", {"short_side": -5}, r"decode\.short_side = -5: Input should be greater than or equal to 8"),
+        ("decode", {"short_side": "big"}, r"decode\.short_side = 'big': Input should be a valid integer"),
+        ("decode", {"fps": 10, "frame_stride": 2}, r"set either fps or frame_stride"),
+        ("decode", {"chunk_frames": 8, "shard_frames": 20}, r"shard_frames \(20\) must be a multiple of chunk_frames \(8\)"),
+        ("make_demo", {"classes": ["spin"]}, r"make_demo\.classes\.0 = 'spin': Input should be 'slide_horizontal'"),
+        ("make_demo", {"width": 171}, r"width and height must be even"),
+        ("probe", {"extensions": ["mp4"]}, r"must be lower case and start with a dot"),
+    ],
+)
+def test_bad_values_name_key_value_and_rule(tmp_path, section, values, expected):
+    with pytest.raises(ParamsError, match=expected):
+        load_params(write(tmp_path, {section: values}))
+
+
+def test_error_names_the_file(tmp_path):
+    path = write(tmp_path, {"probe": {"min_frames": 0}})
+    with pytest.raises(ParamsError, match=str(path)):
+        load_params(path)
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_fps_as_fraction():
+    assert DecodeParams(fps=29.97).fps_fraction() == __import__("fractions").Fraction(2997, 100)
+    assert DecodeParams().fps_fraction() is None
+
+
+def test_every_stage_command_takes_a_params_file_and_reports_bad_params(tmp_path):
+    bad = write(tmp_path, {"decode": {"short_side": 0}})
+    runner = CliRunner()
+    for command in ("make-demo", "probe", "decode"):
+        result = runner.invoke(cli.app, [command, "--params", str(bad)])
+        assert result.exit_code == 2, (command, result.output)
+        assert "decode.short_side = 0" in result.output
