@@ -23,6 +23,8 @@ R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT = "30s"  # how long to wait for an existing cluster's scheduler
+
 
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -46,7 +48,14 @@ def dask_client(scheduler: str | None, workers: int | None):
         ) as cluster, Client(cluster) as client:
             yield client
     else:
-        with Client(scheduler, timeout="30s") as client:
+        try:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise OSError(
+                f"cannot reach the dask scheduler at {scheduler} within {CONNECT_TIMEOUT} ({exc}); "
+                "check the address given to --scheduler, or leave it out to use a local cluster"
+            ) from None
+        with client:
             yield client
 
 

@@ -1,0 +1,68 @@
+"""`dvc repro` on a fresh copy of the repository: builds everything, then does nothing; a params change
+re-runs only the stages that depend on it."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from pipeline.tables import read_table
+
+pytestmark = pytest.mark.slow
+
+
+def sh(*args, cwd, env=None, check=True):
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, f"{' '.join(args)}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """A clone of the committed work tree (plus uncommitted edits), with a tiny demo size."""
+    root = tmp_path_factory.mktemp("clone") / "repo"
+    files = sh("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=REPO).stdout.split("\n")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["make_demo"].update(videos_per_class=1, frames=12)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    sh("git", "init", "-q", cwd=root)
+    return root, env
+
+
+def test_repro_builds_everything_then_does_nothing(clone):
+    root, env = clone
+    first = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
+    for stage in ("make_demo", "probe", "decode"):
+        assert f"Running stage '{stage}'" in first.stdout
+    videos = read_table(root / "data/manifest/videos.parquet").to_pylist()
+    decoded = read_table(root / "data/decode/decoded.parquet").to_pylist()
+    assert len(videos) == len(decoded) == 6
+    assert all((root / "data/store.zarr/frames" / row["video_id"] / "zarr.json").is_file() for row in decoded)
+    second = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
+    assert "Running stage" not in second.stdout
+    status = sh(sys.executable, "-m", "dvc", "status", cwd=root, env=env)
+    assert "up to date" in status.stdout
+
+
+def test_a_decode_param_reruns_only_decode(clone):
+    root, env = clone
+    sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["decode"]["short_side"] = 64
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
+    assert "Running stage 'decode'" in run.stdout
+    assert "Running stage 'probe'" not in run.stdout and "Running stage 'make_demo'" not in run.stdout
+    assert {min(r["height"], r["width"]) for r in read_table(root / "data/decode/decoded.parquet").to_pylist()} == {64}
