@@ -3,6 +3,7 @@ and frames arrive through a pipe, a block at a time, so memory does not grow wit
 
 from __future__ import annotations
 
+import queue
 import subprocess
 import tempfile
 import threading
@@ -73,7 +74,13 @@ def decode_command(path: str | Path, spec: DecodeSpec, *, source_width: int, sou
 
 
 def iter_frame_blocks(
-    path: str | Path, spec: DecodeSpec, *, source_width: int, source_height: int, block_frames: int = 64
+    path: str | Path,
+    spec: DecodeSpec,
+    *,
+    source_width: int,
+    source_height: int,
+    block_frames: int = 32,
+    read_ahead: int = 16,
 ) -> Iterator[np.ndarray]:
     """Yield (n, H, W, 3) uint8 RGB blocks. Raises DecodeError if FFmpeg fails or no frame arrives.
 
@@ -86,18 +93,27 @@ def iter_frame_blocks(
         assert proc.stdout is not None
         watchdog = threading.Timer(spec.timeout_s, proc.kill)  # a hung FFmpeg must not hang the stage
         watchdog.start()
+        # A reader thread drains the pipe while the caller compresses and writes, so FFmpeg keeps
+        # decoding instead of waiting on a full pipe (bench/decode.py measures the difference).
+        blocks: queue.Queue = queue.Queue(maxsize=read_ahead)
+        stop = threading.Event()
+        reader = threading.Thread(target=_read_blocks, args=(proc.stdout, frame_bytes * block_frames, blocks, stop), daemon=True)
+        reader.start()
         total = 0
         try:
-            while True:
-                data = proc.stdout.read(frame_bytes * block_frames)
-                if not data:
-                    break
+            while (data := blocks.get()) is not None:
+                if isinstance(data, BaseException):
+                    raise DecodeError(f"{path}: reading FFmpeg's output failed: {data}")
                 if len(data) % frame_bytes:
                     raise DecodeError(f"{path}: FFmpeg output ended inside a frame ({len(data)} bytes)")
                 block = np.frombuffer(data, np.uint8).reshape(-1, spec.height, spec.width, 3)
                 total += len(block)
                 yield block
         finally:
+            stop.set()
+            if reader.is_alive():
+                proc.kill()  # the caller stopped early: unblock the reader
+            reader.join()
             proc.stdout.close()
             code = proc.wait()
             timed_out = not watchdog.is_alive() and code != 0
@@ -110,3 +126,26 @@ def iter_frame_blocks(
             raise DecodeError(f"{path}: FFmpeg failed (exit {code}) after {total} frames: {message or 'no message'}")
         if total == 0:
             raise DecodeError(f"{path}: no frames decoded: {message or 'no message'}")
+
+
+def _read_blocks(stream, size: int, out: queue.Queue, stop: threading.Event) -> None:
+    """Put byte blocks of `size` (the last may be short) on `out`, then None; a read error is put as
+    itself. Gives up as soon as `stop` is set, so the caller can always join this thread."""
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        while data := stream.read(size):
+            if not put(data):
+                return
+    except (OSError, ValueError) as exc:  # the pipe broke under us
+        put(exc)
+        return
+    put(None)
