@@ -17,12 +17,15 @@ log = logging.getLogger("stages")
 
 
 def failure(stage: str, video_id: str, relpath: str, reason: str, detail: str) -> dict[str, str]:
-    """One row of a failures table. Policy: a video a stage cannot use is recorded here with a reason,
-    logged, counted in the summary, and the stage goes on with the others."""
+    """One row of a failures table. Policy: a video a stage cannot use is recorded with a reason,
+    logged (`log_failure`, in the main process), counted in the summary, and the stage goes on."""
     if reason not in tables.FAILURE_REASONS:
         raise ValueError(f"unknown failure reason {reason!r}")
-    log.warning("%s: %s: %s (%s)", stage, relpath, detail, reason)
     return {"stage": stage, "video_id": video_id, "relpath": relpath, "reason": reason, "detail": detail}
+
+
+def log_failure(row: dict[str, str]) -> None:
+    log.warning("%s failed for %s: %s (%s)", row["stage"], row["relpath"], row["detail"], row["reason"])
 
 
 def fingerprint(*parts: Any) -> str:

@@ -24,7 +24,7 @@ from pipeline.tables import read_table, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams
 from schemas.tables import DECODED, FAILURES, VIDEOS
-from stages.common import Summary, failure, fingerprint
+from stages.common import Summary, failure, fingerprint, log_failure
 
 STAGE = "decode"
 
@@ -119,7 +119,9 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
             shard_frames=item.params.shard_frames, attrs=attrs,
         )  # fmt: skip
     except DecodeError as exc:
-        return "failed", failure(STAGE, row["video_id"], row["relpath"], "decode_error", str(exc))
+        # Name the file by its relative path: the table must not depend on where the videos live.
+        detail = str(exc).replace(f"file:{item.path}", row["relpath"]).replace(item.path, row["relpath"])
+        return "failed", failure(STAGE, row["video_id"], row["relpath"], "decode_error", detail)
     except OSError as exc:
         return "failed", failure(STAGE, row["video_id"], row["relpath"], "unreadable", f"{exc.strerror or exc}")
     return "decoded", decoded_row(item, count)
@@ -154,6 +156,7 @@ def run(
     for status, row in results:
         summary.add(status)
         if status == "failed":
+            log_failure(row)
             failures.append(row)
             store.remove_array(store_path, layout.FRAMES_GROUP, row["video_id"])  # an old array would be stale
         else:

@@ -22,7 +22,7 @@ from pipeline.scan import FoundVideo, scan_videos
 from pipeline.tables import read_table, table_metadata, write_table
 from schemas.params import ProbeParams
 from schemas.tables import FAILURES, TABLES_VERSION, VIDEOS
-from stages.common import Summary, failure, fingerprint
+from stages.common import Summary, failure, fingerprint, log_failure
 
 STAGE = "probe"
 
@@ -111,6 +111,8 @@ def run(
     for status, row in map_progress(probe_one, items, scheduler=scheduler, workers=workers, desc="probe", unit="video"):
         (failures if status == "failed" else rows).append(row)
         reused += status == "reused"
+        if status == "failed":
+            log_failure(row)
     rows.sort(key=lambda row: row["relpath"])
     failures.sort(key=lambda row: row["relpath"])
     metadata = {
