@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from tqdm import tqdm
 
@@ -50,7 +50,10 @@ def dask_client(scheduler: str | None, workers: int | None):
     if scheduler in (None, "", "local"):
         n = workers or default_workers()
         with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRON}), LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+            # Task errors reach us through their futures; what workers log while the cluster shuts
+            # down (heartbeats to a scheduler that just closed) is noise for people.
+            silence_logs=logging.CRITICAL,
         ) as cluster, Client(cluster) as client:
             yield client
     else:

@@ -25,6 +25,11 @@ def fixture_dir() -> Path:
     return FIXTURES
 
 
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under root, by relative path: for byte-for-byte comparisons of outputs."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def ffmpeg(*args: str) -> None:
     """Run FFmpeg for building test inputs; fail the test with FFmpeg's message."""
     proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args], capture_output=True, text=True)

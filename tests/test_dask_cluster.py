@@ -3,7 +3,6 @@ default local cluster, give the same outputs as an in-process run."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -11,17 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tree_bytes
 from pipeline.tables import read_table
 from schemas.params import DecodeParams, ProbeParams
 from stages import decode as decode_stage
 from stages import probe as probe_stage
 
 DASK = str(Path(sys.executable).parent / "dask")
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tree_bytes
 from pipeline import store
 from pipeline.decode import DecodeSpec, iter_frame_blocks
 from pipeline.tables import read_table
@@ -20,10 +20,6 @@ from schemas.params import DecodeParams, ProbeParams
 from schemas.tables import DECODED, FAILURES, VIDEOS
 from stages import decode as decode_stage
 from stages import probe as probe_stage
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

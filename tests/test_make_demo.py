@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from conftest import tree_bytes
 from pipeline import synth
 from pipeline.tables import read_table, table_metadata
 from schemas.params import MakeDemoParams
@@ -10,10 +11,6 @@ from schemas.tables import DEMO_LABELS
 from stages import make_demo
 
 TINY = MakeDemoParams(classes=["slide_horizontal", "rotate", "zoom_in"], videos_per_class=2, frames=10, width=64, height=48)
-
-
-def files(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +36,16 @@ def test_layout_and_labels(demo):
     assert sorted(p.name for p in out.parent.iterdir()) == ["demo"]  # no temporary folder left behind
 
 
-def test_same_params_give_identical_files(demo, tmp_path):
+def test_same_params_give_identical_tree_bytes(demo, tmp_path):
     out, _ = demo
     make_demo.run(TINY, tmp_path / "again", scheduler="sync")
-    assert files(tmp_path / "again") == files(out)
+    assert tree_bytes(tmp_path / "again") == tree_bytes(out)
 
 
 def test_another_seed_gives_other_videos(demo, tmp_path):
     out, _ = demo
     make_demo.run(TINY.model_copy(update={"seed": 1}), tmp_path / "other", scheduler="sync")
-    assert files(tmp_path / "other")["videos/rotate/rotate_000.mp4"] != files(out)["videos/rotate/rotate_000.mp4"]
+    assert tree_bytes(tmp_path / "other")["videos/rotate/rotate_000.mp4"] != tree_bytes(out)["videos/rotate/rotate_000.mp4"]
 
 
 def test_camera_motion_fraction_is_respected():
