@@ -84,7 +84,8 @@ def iter_frame_blocks(
 ) -> Iterator[np.ndarray]:
     """Yield (n, H, W, 3) uint8 RGB blocks. Raises DecodeError if FFmpeg fails or no frame arrives.
 
-    `source_width/height` are the display size (after rotation), which FFmpeg's autorotation gives.
+    `source_width/height` are the size FFmpeg decodes to (after its autorotation); when the target
+    size differs (other resolution, or anamorphic pixels made square) FFmpeg scales.
     """
     frame_bytes = spec.width * spec.height * 3
     args = decode_command(path, spec, source_width=source_width, source_height=source_height)

@@ -4,7 +4,8 @@ One FFmpeg run decodes the first video stream to nothing (`wrapped_avframe` into
 copies no pixels) and prints everything needed:
   - the input header on stderr: container, codec, pixel format, size, frame rate, rotation, duration;
   - one framecrc line per decoded frame on stdout: the exact count, as the decode stage will see it
-    (`-fps_mode passthrough` neither drops nor duplicates frames), and the display size after rotation;
+    (`-fps_mode passthrough` neither drops nor duplicates frames), the size after rotation and the
+    sample aspect ratio;
   - the encoder time base on stdout: 1 / FFmpeg's guess of the frame rate, as an exact rational;
   - the `vfrdet` filter's verdict on variable frame rate, and any decoder errors, on stderr.
 The parsing functions are pure and tested on captured FFmpeg output.
@@ -50,8 +51,11 @@ class ProbeInfo:
 
     header: Header
     num_frames: int
-    display_width: int
+    decoded_width: int  # as FFmpeg decodes it (after rotation), before any scaling
+    decoded_height: int
+    display_width: int  # and with square pixels, as a player shows it
     display_height: int
+    sar: Fraction
     fps: Fraction
     duration_s: float
     is_vfr: bool
@@ -187,21 +191,44 @@ def _open_failure(stderr: str) -> str:
     return f"FFmpeg cannot open it ({said}): the file is truncated, corrupt or not a video"
 
 
-def parse_framecrc(stdout: str) -> tuple[Fraction | None, tuple[int, int] | None, int]:
-    """(time base, (width, height), frame count) from FFmpeg's framecrc output."""
-    time_base = None
-    dims = None
-    count = 0
+@dataclass(frozen=True)
+class FrameCrc:
+    """What FFmpeg's framecrc output says about the decoded frames."""
+
+    time_base: Fraction | None  # 1 / frame rate
+    size: tuple[int, int] | None  # (width, height) of decoded frames, after rotation
+    sar: Fraction  # sample (pixel) aspect ratio; 1 for square pixels
+    count: int
+
+
+def parse_framecrc(stdout: str) -> FrameCrc:
+    time_base, size, sar, count = None, None, Fraction(1), 0
     for line in stdout.splitlines():
         if line.startswith("#tb 0:"):
             num, den = line.split(":", 1)[1].strip().split("/")
             time_base = Fraction(int(num), int(den))
         elif line.startswith("#dimensions 0:"):
             width, height = line.split(":", 1)[1].strip().split("x")
-            dims = (int(width), int(height))
+            size = (int(width), int(height))
+        elif line.startswith("#sar 0:"):
+            num, den = line.split(":", 1)[1].strip().split("/")
+            if int(num) > 0 and int(den) > 0:  # 0/1 means unknown: square pixels
+                sar = Fraction(int(num), int(den))
         elif line and not line.startswith("#"):
             count += 1
-    return time_base, dims, count
+    return FrameCrc(time_base, size, sar, count)
+
+
+def decoded_size(width: int, height: int, rotation: int) -> tuple[int, int]:
+    """Frame size as FFmpeg decodes it: coded size, turned upright by the rotation metadata."""
+    return (height, width) if rotation in (90, 270) else (width, height)
+
+
+def display_size(width: int, height: int, sar: Fraction) -> tuple[int, int]:
+    """Size with square pixels: anamorphic video (SAR != 1) is widened, as players show it."""
+    if sar == 1:
+        return width, height
+    return max(1, round(width * sar)), height
 
 
 def parse_vfr(stderr: str) -> bool:
@@ -254,7 +281,8 @@ def probe_video(path: str | Path, *, timeout_s: float = 600.0, min_frames: int =
         raise ProbeError("timeout", f"FFmpeg did not finish within {timeout_s:.0f} s (probe.timeout_s)") from None
     header = parse_header(proc.stderr)
     assert header is not None  # parse_header raises for every input it cannot describe
-    time_base, dims, count = parse_framecrc(proc.stdout)
+    crc = parse_framecrc(proc.stdout)
+    count = crc.count
     errors = decode_errors(proc.stderr)
     if count == 0:
         said = "; ".join(errors) or "no frames"
@@ -265,16 +293,20 @@ def probe_video(path: str | Path, *, timeout_s: float = 600.0, min_frames: int =
             f"only {count} decodable frame(s), at least {min_frames} needed (probe.min_frames); "
             "optical flow needs two frames",
         )
-    fps = Fraction(1) / time_base if time_base else None
+    fps = Fraction(1) / crc.time_base if crc.time_base else None
     if fps is None or fps <= 0:
         fps = parse_fps_text(header.fps_text) if header.fps_text else Fraction(25)
-    display_w, display_h = dims if dims else (header.width, header.height)
+    decoded_w, decoded_h = crc.size if crc.size else (header.width, header.height)
+    display_w, display_h = display_size(decoded_w, decoded_h, crc.sar)
     is_vfr = parse_vfr(proc.stderr)
     return ProbeInfo(
         header=header,
         num_frames=count,
+        decoded_width=decoded_w,
+        decoded_height=decoded_h,
         display_width=display_w,
         display_height=display_h,
+        sar=crc.sar,
         fps=fps,
         # Frames / rate is exact for constant-rate video; the header's duration has 10 ms steps.
         duration_s=header.duration_s if (is_vfr and header.duration_s) else float(count / fps),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 # Bump when a table's meaning changes, so stale outputs are recognised.
-TABLES_VERSION = 1
+TABLES_VERSION = 2
 
 # data/manifest/videos.parquet: one row per usable video (probe stage).
 VIDEOS = pa.schema(
@@ -22,8 +22,10 @@ VIDEOS = pa.schema(
         pa.field("codec", pa.string(), nullable=False),  # e.g. "h264", "mpeg4", "vp9"
         pa.field("width", pa.int32(), nullable=False),  # coded size, before rotation
         pa.field("height", pa.int32(), nullable=False),
-        pa.field("display_width", pa.int32(), nullable=False),  # after applying rotation metadata
+        pa.field("display_width", pa.int32(), nullable=False),  # after rotation, with square pixels
         pa.field("display_height", pa.int32(), nullable=False),
+        pa.field("sar_num", pa.int32(), nullable=False),  # sample (pixel) aspect ratio sar_num:sar_den
+        pa.field("sar_den", pa.int32(), nullable=False),
         pa.field("pix_fmt", pa.string(), nullable=False),
         pa.field("fps_num", pa.int64(), nullable=False),  # nominal frame rate fps_num / fps_den
         pa.field("fps_den", pa.int64(), nullable=False),

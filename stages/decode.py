@@ -19,6 +19,7 @@ from typing import Any
 from pipeline import store
 from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks, output_size, stored_frame_count
 from pipeline.ffmpeg import ffmpeg_binary
+from pipeline.probe import decoded_size
 from pipeline.parallel import map_progress
 from pipeline.tables import read_table, write_table
 from schemas import store as layout
@@ -110,9 +111,8 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
         "store_version": layout.STORE_VERSION,
     }
     try:
-        blocks = iter_frame_blocks(
-            item.path, spec, source_width=row["display_width"], source_height=row["display_height"]
-        )
+        source_width, source_height = decoded_size(row["width"], row["height"], row["rotation"])
+        blocks = iter_frame_blocks(item.path, spec, source_width=source_width, source_height=source_height)
         count = store.write_frames(
             item.store, row["video_id"], blocks,
             height=spec.height, width=spec.width, chunk_frames=item.params.chunk_frames,

@@ -66,6 +66,8 @@ def probe_one(item: ProbeItem) -> tuple[str, dict[str, Any]]:
         "height": header.height,
         "display_width": info.display_width,
         "display_height": info.display_height,
+        "sar_num": info.sar.numerator,
+        "sar_den": info.sar.denominator,
         "pix_fmt": header.pix_fmt,
         "fps_num": info.fps.numerator,
         "fps_den": info.fps.denominator,

@@ -63,6 +63,7 @@ BAD_EXPECTATIONS: dict[str, tuple[str, object]] = {
     "-leading-dash.mp4": ("ok", 36),
     "with spaces/clip one.mp4": ("ok", 36),
     "UPPER.MP4": ("ok", 36),
+    "anamorphic_sar_2_1.mp4": ("ok", 36),
     "self_loop.mp4": ("failed", "unreadable"),
 }
 
@@ -89,6 +90,7 @@ def bad_videos(tmp_path_factory) -> Path:
            "-fps_mode", "passthrough", "-c:v", "libx264", str(root / "variable_rate.mkv"))  # fmt: skip
     ffmpeg("-display_rotation", "90", "-i", str(FIXTURES / "object_on_pan.mp4"), "-c", "copy", str(root / "rotated_90.mp4"))
     shutil.copy(FIXTURES / "rotate_zoom.webm", root / "odd_size_161x121.webm")
+    ffmpeg("-i", str(static), "-vf", "setsar=2/1", "-c:v", "libx264", str(root / "anamorphic_sar_2_1.mp4"))  # wide pixels
     encode_video(frames, root / "gray.mkv", fps=25, codec="ffv1", extra={"pix_fmt": "gray"})
     encode_video(frames, root / "ten_bit.mp4", fps=25, extra={"pix_fmt": "yuv420p10le"})
     shutil.copy(pan, root / "it's a \"quoted\" name.avi")

@@ -115,3 +115,11 @@ def test_gray_and_ten_bit_sources_become_rgb(bad_videos, name):
 def test_undecodable_input_raises_a_decode_error_naming_the_file(bad_videos):
     with pytest.raises(DecodeError, match="random_bytes.mp4"):
         decode_all(bad_videos / "random_bytes.mp4", DecodeSpec(96, 72), (96, 72))
+
+
+def test_anamorphic_pixels_are_made_square(bad_videos):
+    # anamorphic_sar_2_1.mp4 is static_shot.mp4 (160x120) with pixels twice as wide as tall.
+    wide = decode_all(bad_videos / "anamorphic_sar_2_1.mp4", DecodeSpec(320, 120), (160, 120))
+    reference = np.stack([cv2.resize(f, (320, 120), interpolation=cv2.INTER_CUBIC) for f in opencv_frames(FIXTURES / "static_shot.mp4")])
+    assert wide.shape == reference.shape == (36, 120, 320, 3)
+    assert np.abs(wide.astype(int) - reference).mean() < 4.0

@@ -106,6 +106,7 @@ def test_a_video_that_fails_to_decode_costs_only_itself(bad_videos, tmp_path):
     decoded = {row["relpath"]: row for row in read_table(tmp_path / "decode" / "decoded.parquet").to_pylist()}
     assert decoded["corrupt_middle.mp4"]["num_frames"] > 0  # degraded videos keep the frames that decode
     assert (decoded["rotated_90.mp4"]["height"], decoded["rotated_90.mp4"]["width"]) == (171, 128)
+    assert (decoded["anamorphic_sar_2_1.mp4"]["height"], decoded["anamorphic_sar_2_1.mp4"]["width"]) == (128, 341)
 
 
 def test_killed_run_resumes_without_partial_arrays(fixture_dir, tmp_path):

@@ -6,7 +6,9 @@ from fractions import Fraction
 import pytest
 
 from conftest import BAD_EXPECTATIONS, FIXTURE_VIDEOS
-from pipeline.probe import ProbeError, parse_fps_text, parse_framecrc, parse_header, parse_vfr
+from pipeline.probe import (
+    FrameCrc, ProbeError, decoded_size, display_size, parse_fps_text, parse_framecrc, parse_header, parse_vfr,
+)
 from pipeline.scan import video_id
 from pipeline.tables import read_table
 from schemas.params import ProbeParams
@@ -56,9 +58,20 @@ def test_parse_fps_text(text, expected):
     assert parse_fps_text(text) == expected
 
 
-def test_parse_framecrc_counts_frames_and_reads_rate_and_size():
-    out = "#tb 0: 1001/30000\n#media_type 0: video\n#dimensions 0: 120x160\n" + "0, 0, 0, 1, 424, 0xab\n" * 7
-    assert parse_framecrc(out) == (Fraction(1001, 30000), (120, 160), 7)
+def test_parse_framecrc_counts_frames_and_reads_rate_size_and_pixel_aspect():
+    out = "#tb 0: 1001/30000\n#media_type 0: video\n#dimensions 0: 120x160\n#sar 0: 64/45\n" + "0, 0, 0, 1, 424, 0xab\n" * 7
+    assert parse_framecrc(out) == FrameCrc(Fraction(1001, 30000), (120, 160), Fraction(64, 45), 7)
+    assert parse_framecrc("#sar 0: 0/1\n").sar == 1  # unknown means square
+
+
+@pytest.mark.parametrize(
+    "size, rotation, sar, decoded, display",
+    [((720, 576), 0, Fraction(64, 45), (720, 576), (1024, 576)), ((192, 144), 90, Fraction(1), (144, 192), (144, 192)),
+     ((160, 120), 180, Fraction(1), (160, 120), (160, 120))],
+)  # fmt: skip
+def test_decoded_and_display_sizes(size, rotation, sar, decoded, display):
+    assert decoded_size(*size, rotation) == decoded
+    assert display_size(*decoded, sar) == display
 
 
 @pytest.mark.parametrize(
@@ -99,7 +112,7 @@ def test_fixture_manifest_golden_values(fixture_dir, fixture_manifest):
         assert row["sha256"] == hashlib.sha256((fixture_dir / relpath).read_bytes()).hexdigest()
         assert row["size_bytes"] == (fixture_dir / relpath).stat().st_size
         assert (row["container"], row["codec"], row["width"], row["height"]) == (container, codec, width, height)
-        assert (row["display_width"], row["display_height"]) == (width, height)
+        assert (row["display_width"], row["display_height"], row["sar_num"], row["sar_den"]) == (width, height, 1, 1)
         assert Fraction(row["fps_num"], row["fps_den"]) == fps and row["fps"] == pytest.approx(float(fps))
         assert row["num_frames"] == frames
         assert row["duration_s"] == pytest.approx(frames / float(fps), abs=1e-6)
@@ -142,6 +155,9 @@ def test_bad_input_specifics(bad_manifest):
     assert videos["variable_rate.mkv"]["is_vfr"] is True
     assert videos["odd_size_161x121.webm"]["is_vfr"] is False
     assert videos["gray.mkv"]["pix_fmt"] == "gray"
+    wide = videos["anamorphic_sar_2_1.mp4"]
+    assert (wide["width"], wide["height"], wide["sar_num"], wide["sar_den"]) == (160, 120, 2, 1)
+    assert (wide["display_width"], wide["display_height"]) == (320, 120)
     assert videos["ten_bit.mp4"]["pix_fmt"] == "yuv420p10le"
     degraded = videos["corrupt_middle.mp4"]
     assert 0 < degraded["num_frames"] < 60 and "h264" in degraded["warnings"]
