@@ -77,7 +77,6 @@ def map_progress(
     desc: str = "",
     unit: str = "item",
     weight: Callable[[T], int] = lambda item: 1,
-    postfix: Callable[[R], str | None] = lambda result: None,
 ) -> Iterator[R]:
     """Yield fn(item) for every item, showing a bar of `unit`s (each item counts `weight(item)`)."""
     if not items:
@@ -86,19 +85,18 @@ def map_progress(
     bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, mininterval=0.5)
     done = 0
 
-    def advance(item: T, result: R) -> None:
+    def advance(item: T) -> None:
         nonlocal done
         done += 1
         bar.update(weight(item))
-        note = postfix(result)
-        bar.set_postfix_str(f"{done}/{len(items)} videos" + (f", {note}" if note else ""), refresh=False)
+        bar.set_postfix_str(f"{done}/{len(items)} videos", refresh=False)
 
     try:
         with dask_client(scheduler, workers) as client:
             if client is None:
                 for item in items:
                     result = fn(item)
-                    advance(item, result)
+                    advance(item)
                     yield result
                 return
             from dask.distributed import as_completed
@@ -106,7 +104,7 @@ def map_progress(
             futures = {client.submit(fn, item, pure=False): item for item in items}
             for future in as_completed(futures):
                 result = future.result()
-                advance(futures[future], result)
+                advance(futures[future])
                 yield result
     finally:
         bar.close()

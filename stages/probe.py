@@ -42,7 +42,10 @@ def file_sha256(path: Path) -> str:
 def probe_one(item: ProbeItem) -> tuple[str, dict[str, Any]]:
     """("probed" or "reused", manifest row) or ("failed", failure row). Never raises for a bad video."""
     video = item.video
-    fail = lambda reason, detail: ("failed", failure(STAGE, video.video_id, video.relpath, reason, detail))  # noqa: E731
+
+    def fail(reason: str, detail: str) -> tuple[str, dict[str, Any]]:
+        return "failed", failure(STAGE, video.video_id, video.relpath, reason, detail)
+
     try:
         size = video.path.stat().st_size
         digest = file_sha256(video.path) if size else ""
