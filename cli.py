@@ -104,6 +104,69 @@ def decode(
     _finish(summary)
 
 
+@app.command("extract-flow")
+def extract_flow(
+    params_file: Path = ParamsOpt,
+    method: Optional[str] = typer.Option(
+        None, help="flow method: tvl1 (OpenCV TV-L1, defaults as OpenCV/denseflow/mmaction2), tvl1_fast (the speed "
+        "preset: warm start, 3 scales, 3 warps), dis, farneback, raft_small, raft_large (default: flow.method)"),
+    decoded: Optional[Path] = typer.Option(None, help="folder holding decoded.parquet (default: data.decode)"),
+    store: Optional[Path] = typer.Option(None, help="Zarr store: reads frames/, writes flow/<method>/ (default: data.store)"),
+    out: Optional[Path] = typer.Option(None, help="output folder for videos.parquet, stats.parquet, failures.parquet (default: data.flow)"),
+    scheduler: Optional[str] = SchedulerOpt,
+    workers: Optional[int] = WorkersOpt,
+) -> None:
+    """Compute optical flow for every decoded video, resumably (params: flow).
+
+    Each method's parameters are in the section of params.yaml named after it (flow.tvl1, flow.tvl1_fast,
+    flow.dis, flow.farneback, flow.raft_small, flow.raft_large); flow.pairs_per_task cuts long videos into
+    parallel tasks. RAFT needs weights on disk: flow.raft_small.weights is a checkpoint path, or
+    "torchvision" for torchvision's cache; nothing is downloaded.
+    """
+    from stages import flow as stage
+
+    params = _setup(params_file)
+    flow_params = params.flow if method is None else _with_method(params.flow, method)
+    data = params.data
+    summary = stage.run(flow_params, decoded or data.decode, store or data.store, out or data.flow,
+                        scheduler=scheduler, workers=workers)  # fmt: skip
+    _finish(summary)
+
+
+def _with_method(flow_params, method: str):
+    from schemas.params import FlowParams, validate
+
+    return validate(FlowParams, {**flow_params.model_dump(by_alias=True), "method": method}, source="--method", prefix="flow")
+
+
+@app.command("show-flow")
+def show_flow(
+    video_id: str = typer.Argument(..., help="video id (see data/decode/decoded.parquet)"),
+    params_file: Path = ParamsOpt,
+    method: Optional[str] = typer.Option(None, help="which flow to show (default: flow.method)"),
+    store: Optional[Path] = typer.Option(None, help="Zarr store (default: data.store)"),
+    out: Path = typer.Option(Path("flow.png"), help="PNG strip to write; a .mp4 name writes a video instead"),
+    frames: int = typer.Option(6, min=1, help="how many frames the PNG strip shows, evenly spaced"),
+) -> None:
+    """Draw frames and their flow (Middlebury colour wheel) side by side, as a PNG strip or a video."""
+    from pipeline import flowviz
+    from pipeline.store import open_flow, open_frames
+
+    params = _setup(params_file)
+    store_path = store or Path(params.data.store)
+    chosen = method or params.flow.method
+    try:
+        rgb, flow = open_frames(store_path, video_id), open_flow(store_path, chosen, video_id)
+    except FileNotFoundError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    if out.suffix.lower() in (".mp4", ".mkv", ".webm"):
+        flowviz.write_video(rgb, flow, out, fps=tuple(rgb.attrs["fps"]))
+    else:
+        flowviz.write_strip(rgb, flow, out, count=frames)
+    typer.echo(f"wrote {out}")
+
+
 @app.command()
 def doctor() -> None:
     """Report the FFmpeg binary and library versions the pipeline will use."""

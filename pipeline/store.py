@@ -26,9 +26,13 @@ def group_path(store: str | Path, group: str) -> Path:
 
 
 def ensure_group(store: str | Path, group: str) -> zarr.Group:
-    """Create (or open) the store's root group and `group`, each a Zarr group of its own."""
-    zarr.open_group(store=str(store), mode="a", zarr_format=3)
-    return zarr.open_group(store=str(group_path(store, group)), mode="a", zarr_format=3)
+    """Create (or open) the store's root group and every group on the way to `group` ("flow/tvl1")."""
+    path = Path(store)
+    zarr.open_group(store=str(path), mode="a", zarr_format=3)
+    for part in group.split("/"):
+        path = path / part
+        opened = zarr.open_group(store=str(path), mode="a", zarr_format=3)
+    return opened
 
 
 def array_attrs(store: str | Path, group: str, name: str) -> dict[str, Any] | None:
@@ -57,6 +61,45 @@ def clear_partial(store: str | Path, group: str) -> None:
     shutil.rmtree(Path(store) / layout.PARTIAL_DIR / group, ignore_errors=True)
 
 
+def create_partial(
+    store: str | Path, group: str, name: str, *, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
+    shards: tuple[int, ...], axes: tuple[str, ...],
+) -> Path:  # fmt: skip
+    """Create an empty array under `.partial/` to be filled (possibly by several processes, each
+    writing whole shards) and then published with `publish`. Returns its path."""
+    ensure_group(store, group)
+    partial_root = Path(store) / layout.PARTIAL_DIR / group
+    partial_root.mkdir(parents=True, exist_ok=True)
+    path = partial_root / f"{name}.{uuid.uuid4().hex}"
+    zarr.create_array(
+        store=str(path), shape=shape, dtype=dtype, chunks=chunks, shards=shards,
+        compressors=zarr.codecs.ZstdCodec(level=layout.ZSTD_LEVEL), fill_value=0, dimension_names=axes,
+        zarr_format=3,
+        # Our arrays are never all fill value; skipping zarr's check for "empty" chunks halves the
+        # write cost (bench/decode.py), and every chunk is then stored, which is what we want.
+        config={"write_empty_chunks": True},
+    )  # fmt: skip
+    return path
+
+
+def open_partial(path: str | Path) -> zarr.Array:
+    return zarr.open_array(store=str(path), mode="r+", zarr_format=3, config={"write_empty_chunks": True})
+
+
+def publish(store: str | Path, group: str, name: str, partial: str | Path, attrs: dict[str, Any]) -> None:
+    """Store `attrs` (plus `num_frames`, the first axis) and move the finished array into `group`."""
+    array = open_partial(partial)
+    array.attrs.update({**attrs, "num_frames": array.shape[0]})
+    final = group_path(store, group) / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(partial, final)
+
+
+def discard_partial(partial: str | Path) -> None:
+    shutil.rmtree(partial, ignore_errors=True)
+
+
 def write_frames(
     store: str | Path,
     name: str,
@@ -70,42 +113,26 @@ def write_frames(
 ) -> int:
     """Write blocks of (n, H, W, 3) uint8 frames as `frames/<name>`, atomically; returns the count.
 
-    `attrs` are stored with the array, plus `num_frames`, once the last frame is written.
     Blocks of any length are regrouped into whole shards so that each shard file is written once.
+    `attrs` are stored with the array, plus `num_frames`, once the last frame is written.
     """
     group = layout.FRAMES_GROUP
-    ensure_group(store, group)
-    partial_root = Path(store) / layout.PARTIAL_DIR / group
-    partial_root.mkdir(parents=True, exist_ok=True)
-    tmp = partial_root / f"{name}.{uuid.uuid4().hex}"
+    tmp = create_partial(
+        store, group, name, shape=(0, height, width, 3), dtype=layout.FRAMES_DTYPE,
+        chunks=layout.frames_chunks(height, width, chunk_frames), shards=layout.frames_shards(height, width, shard_frames),
+        axes=layout.FRAMES_AXES,
+    )  # fmt: skip
     try:
-        array = zarr.create_array(
-            store=str(tmp),
-            shape=(0, height, width, 3),
-            dtype=layout.FRAMES_DTYPE,
-            chunks=layout.frames_chunks(height, width, chunk_frames),
-            shards=layout.frames_shards(height, width, shard_frames),
-            compressors=zarr.codecs.ZstdCodec(level=layout.ZSTD_LEVEL),
-            fill_value=0,
-            dimension_names=layout.FRAMES_AXES,
-            zarr_format=3,
-            # Frames are never all fill value; skipping zarr's check for "empty" chunks halves the
-            # write cost (bench/decode.py), and every chunk is then stored, which is what we want.
-            config={"write_empty_chunks": True},
-        )
+        array = open_partial(tmp)
         count = 0
         for shard in _regroup(blocks, shard_frames, (height, width, 3)):
             array.resize((count + len(shard), height, width, 3))
             array[count : count + len(shard)] = shard
             count += len(shard)
-        array.attrs.update({**attrs, "num_frames": count})
-        final = group_path(store, group) / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        publish(store, group, name, tmp, attrs)
         return count
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard_partial(tmp)
 
 
 def _regroup(blocks: Iterable[np.ndarray], size: int, frame_shape: tuple[int, ...]):
@@ -127,7 +154,16 @@ def _regroup(blocks: Iterable[np.ndarray], size: int, frame_shape: tuple[int, ..
 
 def open_frames(store: str | Path, name: str) -> zarr.Array:
     """A finished frames array, read-only."""
-    path = group_path(store, layout.FRAMES_GROUP) / name
+    return open_finished(store, layout.FRAMES_GROUP, name, "decode")
+
+
+def open_flow(store: str | Path, method: str, name: str) -> zarr.Array:
+    """A finished flow array, read-only."""
+    return open_finished(store, layout.flow_group(method), name, "flow")
+
+
+def open_finished(store: str | Path, group: str, name: str, stage: str) -> zarr.Array:
+    path = group_path(store, group) / name
     if not (path / "zarr.json").is_file():
-        raise FileNotFoundError(f"no frames for video {name!r} in {store}; run the decode stage")
+        raise FileNotFoundError(f"no {group} array for video {name!r} in {store}; run the {stage} stage")
     return zarr.open_array(store=str(path), mode="r", zarr_format=3)

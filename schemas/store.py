@@ -1,7 +1,8 @@
 """Layout of the Zarr v3 store: which arrays exist, their dtype, shape, chunking and attributes.
 
     <store>/frames/<video_id>            (T, H, W, 3) uint8 RGB, the decode stage's output
-    <store>/.partial/frames/<video_id>.* arrays being written; renamed into place when complete
+    <store>/flow/<method>/<video_id>     (T-1, H, W, 2) float16 pixels, flow[i]: frame i -> i+1 (u=x, v=y)
+    <store>/.partial/<group>/<video_id>.* arrays being written; renamed into place when complete
 
 Each top-level group (`frames`, later `flow/<method>`) is one stage's DVC output and a Zarr group
 of its own, so a reader can open it without the store's root.
@@ -35,6 +36,27 @@ FRAMES_ATTRS = (
     "store_version",
     "num_frames",  # T, written last: an array carrying it is complete
 )
+
+
+FLOW_GROUP = "flow"  # one subgroup per method: flow/tvl1, flow/raft_small, ...
+FLOW_DTYPE = "float16"
+FLOW_AXES = ("t", "y", "x", "uv")
+
+# Attributes every flow array carries.
+FLOW_ATTRS = (
+    "video_id",
+    "method",  # estimator name
+    "estimator",  # its parameters and library versions
+    "frames_fingerprint",  # fingerprint of the frames array it was computed from
+    "fingerprint",  # hash of frames fingerprint, method and params
+    "axes",
+    "store_version",
+    "num_frames",  # T-1 pairs, written last
+)
+
+
+def flow_group(method: str) -> str:
+    return f"{FLOW_GROUP}/{method}"
 
 
 def frames_chunks(height: int, width: int, chunk_frames: int) -> tuple[int, int, int, int]:

@@ -61,6 +61,8 @@ FAILURE_REASONS = (
     "decode_error",
     "timeout",
     "internal_error",
+    "uniform_frames",
+    "bad_frames",
 )
 
 # data/decode/decoded.parquet: one row per frame array in the store (decode stage).
@@ -76,6 +78,35 @@ DECODED = pa.schema(
         pa.field("fps_den", pa.int64(), nullable=False),
         pa.field("source_frame_step", pa.float64(), nullable=False),  # source frames per stored frame
         pa.field("scale", pa.float64(), nullable=False),  # stored size / source display size
+    ]
+)
+
+# data/flow/stats.parquet: one row per frame pair of every video (flow stage); enough to screen and
+# re-tune clip sampling without reading the flow again.
+FLOW_STATS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("frame", pa.int32(), nullable=False),  # pair index i: flow from frame i to i+1
+        pa.field("mean_mag", pa.float32(), nullable=False),  # pixels/frame at the stored resolution
+        pa.field("p50_mag", pa.float32(), nullable=False),
+        pa.field("p90_mag", pa.float32(), nullable=False),
+        pa.field("p99_mag", pa.float32(), nullable=False),
+        pa.field("max_mag", pa.float32(), nullable=False),
+        pa.field("moving_frac", pa.float32(), nullable=False),  # share of pixels above flow.moving_threshold
+        pa.field("mean_u", pa.float32(), nullable=False),  # mean motion: camera pans show here
+        pa.field("mean_v", pa.float32(), nullable=False),
+        pa.field("motion_edge_mean", pa.float32(), nullable=False),  # mean Sobel magnitude of (u, v): MDS's M_i
+    ]
+)
+
+# data/flow/videos.parquet: one row per flow array (flow stage).
+FLOWED = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("array", pa.string(), nullable=False),  # path inside the store
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("num_pairs", pa.int64(), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
     ]
 )
 

@@ -32,7 +32,7 @@ def test_unknown_key_is_named_with_the_allowed_keys(tmp_path):
 
 
 def test_unknown_section_is_named(tmp_path):
-    with pytest.raises(ParamsError, match=r"decoder = .*unknown key; allowed keys: data, decode, make_demo, probe"):
+    with pytest.raises(ParamsError, match=r"decoder = .*unknown key; allowed keys: data, decode, flow, make_demo, probe"):
         load_params(write(tmp_path, {"decoder": {}}))
 
 
@@ -46,6 +46,10 @@ def test_unknown_section_is_named(tmp_path):
         ("make_demo", {"classes": ["spin"]}, r"make_demo\.classes\.0 = 'spin': Input should be 'slide_horizontal'"),
         ("make_demo", {"width": 171}, r"width and height must be even"),
         ("probe", {"extensions": ["mp4"]}, r"must be lower case and start with a dot"),
+        ("flow", {"method": "pwc"}, r"flow\.method = 'pwc': Input should be 'tvl1', 'tvl1_fast', 'dis'"),
+        ("flow", {"tvl1": {"median_filtering": 4}}, r"flow\.tvl1\.median_filtering = 4: Value error, must be odd"),
+        ("flow", {"pairs_per_task": 100}, r"pairs_per_task \(100\) must be a multiple of shard_frames \(256\)"),
+        ("flow", {"raft_small": {"device": "tpu"}}, r"flow\.raft_small\.device = 'tpu'"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(tmp_path, section, values, expected):
@@ -73,3 +77,13 @@ def test_every_stage_command_takes_a_params_file_and_reports_bad_params(tmp_path
         result = runner.invoke(cli.app, [command, "--params", str(bad)])
         assert result.exit_code == 2, (command, result.output)
         assert "decode.short_side = 0" in result.output
+
+
+def test_flow_sections():
+    from schemas.params import FlowParams
+
+    params = FlowParams.model_validate({"tvl1": {"lambda": 0.2}, "tvl1_fast": {"warps": 4}})
+    assert params.tvl1.lambda_ == 0.2
+    # Keys left out of tvl1_fast come from the speed preset, not from OpenCV's defaults.
+    assert (params.tvl1_fast.nscales, params.tvl1_fast.warps, params.tvl1_fast.warm_start) == (3, 4, True)
+    assert FlowParams().tvl1.model_dump(by_alias=True)["lambda"] == 0.15

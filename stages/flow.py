@@ -1,0 +1,230 @@
+"""flow stage (`python cli.py extract-flow`): optical flow of every decoded video into the store.
+
+    <store>/flow/<method>/<video_id>   (T-1, H, W, 2) float16, flow[i]: frame i -> i+1 (schemas/store.py)
+    <out>/videos.parquet               one row per flow array (schemas.tables.FLOWED)
+    <out>/stats.parquet                per-pair statistics (schemas.tables.FLOW_STATS)
+    <out>/failures.parquet             videos without flow, and why
+
+Work is cut into tasks of at most `flow.pairs_per_task` frame pairs (one per short video, several
+per long one), run in parallel with dask, one OpenCV/torch thread per worker. Each task writes whole
+shards of a video's array under `.partial/`; the array is published when all its tasks are done, so
+a killed run never leaves a partial array that looks finished, and a re-run skips videos whose flow
+fingerprint (frames + method + params) is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import store
+from pipeline.flow import DIS, RAFT, TVL1, DISConfig, Farneback, FarnebackConfig, FlowError, FlowEstimator, RAFTConfig, TVL1Config
+from pipeline.flowstats import STAT_NAMES, flow_stats
+from pipeline.parallel import map_progress
+from pipeline.tables import read_table, write_table
+from schemas import store as layout
+from schemas.params import FlowParams
+from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
+from stages.common import Summary, failure, fingerprint, log_failure
+
+STAGE = "flow"
+
+
+def method_params(params: FlowParams) -> dict[str, Any]:
+    """The parameters of the chosen method only (changing another method's leaves this flow valid)."""
+    return getattr(params, params.method).model_dump(mode="json", by_alias=True)
+
+
+def make_estimator(params: FlowParams) -> FlowEstimator:
+    method = params.method
+    if method in ("tvl1", "tvl1_fast"):
+        estimator = TVL1(TVL1Config(**getattr(params, method).model_dump()))
+        estimator.name = method
+        return estimator
+    if method == "dis":
+        return DIS(DISConfig(**params.dis.model_dump()))
+    if method == "farneback":
+        return Farneback(FarnebackConfig(**params.farneback.model_dump()))
+    return RAFT(RAFTConfig(size=method.removeprefix("raft_"), **getattr(params, method).model_dump()))
+
+
+_ESTIMATORS: dict[str, FlowEstimator] = {}  # per worker process: build each (RAFT loads weights) once
+
+
+def _estimator(params: FlowParams) -> FlowEstimator:
+    key = json.dumps([params.method, method_params(params)], sort_keys=True)
+    if key not in _ESTIMATORS:
+        import cv2
+
+        cv2.setNumThreads(1)  # parallelism is across workers
+        if params.method.startswith("raft"):
+            import torch
+
+            torch.set_num_threads(1)
+        _ESTIMATORS[key] = make_estimator(params)
+    return _ESTIMATORS[key]
+
+
+@dataclass(frozen=True)
+class FlowTask:
+    video_id: str
+    relpath: str
+    store: str
+    partial: str  # the array being filled
+    start: int  # first pair
+    stop: int  # one past the last pair
+    params: FlowParams
+
+
+def flow_task(task: FlowTask) -> dict[str, Any]:
+    """Flow for pairs [start, stop) of one video, written into its partial array; returns the stats.
+    Frames the estimator cannot use give {"error": message} instead of raising."""
+    frames = store.open_frames(task.store, task.video_id)[task.start : task.stop + 1]
+    flat = int((np.ptp(frames.reshape(len(frames), -1), axis=1) == 0).sum())
+    try:
+        flow = _estimator(task.params).estimate(np.asarray(frames))
+    except FlowError as exc:
+        return {"task": task, "error": str(exc)}
+    if not np.isfinite(flow).all():
+        return {"task": task, "error": "the estimator returned NaN or infinite flow"}
+    store.open_partial(task.partial)[task.start : task.stop] = flow.astype(layout.FLOW_DTYPE)
+    stats = flow_stats(flow, task.params.moving_threshold)
+    return {"task": task, "flat_frames": flat, "stats": {name: values.tolist() for name, values in stats.items()}}
+
+
+def _stats_rows(video_id: str, start: int, stats: dict[str, list[float]]) -> list[dict[str, Any]]:
+    count = len(stats["mean_mag"])
+    return [{"video_id": video_id, "frame": start + i, **{name: float(stats[name][i]) for name in STAT_NAMES}} for i in range(count)]
+
+
+def _previous(out: Path) -> tuple[dict[str, str], dict[str, list[dict[str, Any]]]]:
+    """Fingerprints and stats rows of the last run, by video id (empty if there is none)."""
+    try:
+        fingerprints = {r["video_id"]: r["fingerprint"] for r in read_table(out / "videos.parquet", FLOWED).to_pylist()}
+        stats: dict[str, list[dict[str, Any]]] = {}
+        for row in read_table(out / "stats.parquet", FLOW_STATS).to_pylist():
+            stats.setdefault(row["video_id"], []).append(row)
+        return fingerprints, stats
+    except (FileNotFoundError, ValueError):
+        return {}, {}
+
+
+def run(
+    params: FlowParams,
+    decoded: str | Path,
+    store_path: str | Path,
+    out: str | Path,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+) -> Summary:
+    summary = Summary(f"extract-flow ({params.method})")
+    out = Path(out)
+    store_path = str(Path(store_path).absolute())
+    group = layout.flow_group(params.method)
+    videos = read_table(Path(decoded) / "decoded.parquet", DECODED).to_pylist()
+    store.ensure_group(store_path, group)
+    store.clear_partial(store_path, group)
+    wanted = {row["video_id"] for row in videos}
+    for name in store.finished_arrays(store_path, group):
+        if name not in wanted:
+            store.remove_array(store_path, group, name)
+            summary.add("stale arrays removed")
+    old_fingerprints, old_stats = _previous(out)
+    estimator_info = None
+    done_rows, stats_rows, failures, tasks = [], [], [], []
+    pending: dict[str, dict[str, Any]] = {}
+    for row in videos:
+        video_id = row["video_id"]
+        frames_attrs = store.array_attrs(store_path, layout.FRAMES_GROUP, video_id) or {}
+        key = fingerprint(frames_attrs.get("fingerprint"), params.method, method_params(params), layout.STORE_VERSION)
+        done = {"video_id": video_id, "array": f"{group}/{video_id}", "method": params.method,
+                "num_pairs": row["num_frames"] - 1, "fingerprint": key}  # fmt: skip
+        existing = store.array_attrs(store_path, group, video_id)
+        if existing and existing.get("fingerprint") == key and old_fingerprints.get(video_id) == key and video_id in old_stats:
+            done_rows.append(done)
+            stats_rows.extend(old_stats[video_id])
+            summary.add("skipped")
+            continue
+        problem = None
+        if not frames_attrs:
+            problem = ("bad_frames", "its frames array is missing from the store; re-run the decode stage")
+        elif row["num_frames"] < 2:
+            problem = ("too_few_frames", f"{row['num_frames']} frame(s): flow needs at least 2")
+        else:
+            shape = store.open_frames(store_path, video_id).shape
+            if shape != (row["num_frames"], row["height"], row["width"], 3):
+                problem = ("bad_frames", f"frames array has shape {shape}, the decode table says "
+                           f"{(row['num_frames'], row['height'], row['width'], 3)}; re-run the decode stage")  # fmt: skip
+        if problem:
+            store.remove_array(store_path, group, video_id)  # an old array would no longer match its frames
+            failures.append(failure(STAGE, video_id, row["relpath"], *problem))
+            log_failure(failures[-1])
+            summary.add("failed")
+            continue
+        pairs, height, width = row["num_frames"] - 1, row["height"], row["width"]
+        partial = store.create_partial(
+            store_path, group, video_id, shape=(pairs, height, width, 2), dtype=layout.FLOW_DTYPE,
+            chunks=(params.chunk_frames, height, width, 2), shards=(params.shard_frames, height, width, 2), axes=layout.FLOW_AXES,
+        )  # fmt: skip
+        starts = range(0, pairs, params.pairs_per_task)
+        pending[video_id] = {"row": row, "done": done, "partial": partial, "left": len(starts), "stats": {}, "flat": 0, "error": None,
+                             "frames_fingerprint": frames_attrs.get("fingerprint")}  # fmt: skip
+        tasks += [FlowTask(video_id, row["relpath"], store_path, str(partial), s, min(s + params.pairs_per_task, pairs), params) for s in starts]
+
+    if tasks:
+        estimator_info = make_estimator(params).describe()  # fails early, in this process, e.g. on missing RAFT weights
+    results = map_progress(flow_task, tasks, scheduler=scheduler, workers=workers, desc="extract-flow", unit="pair",
+                           weight=lambda task: task.stop - task.start)  # fmt: skip
+    for result in results:
+        task: FlowTask = result["task"]
+        state = pending[task.video_id]
+        state["left"] -= 1
+        if "error" in result:
+            state["error"] = state["error"] or result["error"]
+        else:
+            state["stats"][task.start] = result["stats"]
+            state["flat"] += result["flat_frames"]
+        if state["left"]:
+            continue
+        row = state["row"]
+        problem = None
+        if state["error"]:
+            problem = ("bad_frames", state["error"])
+        elif _all_flat(state, row["num_frames"], params.pairs_per_task):
+            problem = ("uniform_frames", "every frame is a single flat colour: there is no motion to measure")
+        if problem:
+            store.discard_partial(state["partial"])
+            store.remove_array(store_path, group, task.video_id)
+            failures.append(failure(STAGE, task.video_id, row["relpath"], *problem))
+            log_failure(failures[-1])
+            summary.add("failed")
+            continue
+        store.publish(store_path, group, task.video_id, state["partial"], {
+            "video_id": task.video_id, "method": params.method, "estimator": estimator_info,
+            "frames_fingerprint": state["frames_fingerprint"], "fingerprint": state["done"]["fingerprint"],
+            "axes": list(layout.FLOW_AXES), "store_version": layout.STORE_VERSION,
+        })  # fmt: skip
+        for start in sorted(state["stats"]):
+            stats_rows.extend(_stats_rows(task.video_id, start, state["stats"][start]))
+        done_rows.append(state["done"])
+        summary.add("computed")
+    done_rows.sort(key=lambda r: r["video_id"])
+    stats_rows.sort(key=lambda r: (r["video_id"], r["frame"]))
+    failures.sort(key=lambda r: r["video_id"])
+    metadata = {"method": params.method, "params": method_params(params), "moving_threshold": params.moving_threshold}
+    write_table(out / "videos.parquet", done_rows, FLOWED, metadata=metadata)
+    write_table(out / "stats.parquet", stats_rows, FLOW_STATS, metadata=metadata)
+    write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata)
+    summary.add("pairs", sum(r["num_pairs"] for r in done_rows))
+    return summary
+
+
+def _all_flat(state: dict[str, Any], num_frames: int, pairs_per_task: int) -> bool:
+    """Every frame flat? Tasks overlap by one frame (the last frame of one is the first of the next)."""
+    overlaps = max(0, -(-(num_frames - 1) // pairs_per_task) - 1)
+    return state["flat"] - overlaps >= num_frames
