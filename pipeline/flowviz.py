@@ -38,7 +38,7 @@ def write_strip(frames, flow, out: str | Path, *, count: int = 6) -> Path:
     chosen_flow = np.stack([np.asarray(flow[i], np.float32) for i in picks])
     colours = flow_to_rgb(chosen_flow)
     top = np.hstack([_label(np.asarray(frames[i]), f"frame {i}") for i in picks])
-    bottom = np.hstack([_label(c, f"flow {i}->{i + 1}") for c, i in zip(colours, picks)])
+    bottom = np.hstack([_label(c, f"flow {i}->{i + 1}") for c, i in zip(colours, picks, strict=True)])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), np.vstack([top, bottom])[..., ::-1]):

@@ -51,6 +51,7 @@ FLOW_ATTRS = (
     "fingerprint",  # hash of frames fingerprint, method and params
     "axes",
     "store_version",
+    "stats",  # per-pair statistics {name: [value per pair]}, as in the flow stats table
     "num_frames",  # T-1 pairs, written last
 )
 

@@ -2,7 +2,8 @@
 
     <store>/flow/<method>/<video_id>   (T-1, H, W, 2) float16, flow[i]: frame i -> i+1 (schemas/store.py)
     <out>/videos.parquet               one row per flow array (schemas.tables.FLOWED)
-    <out>/stats.parquet                per-pair statistics (schemas.tables.FLOW_STATS)
+    <out>/stats.parquet                per-pair statistics (schemas.tables.FLOW_STATS), also kept in each
+                                       array's attributes
     <out>/failures.parquet             videos without flow, and why
 
 Work is cut into tasks of at most `flow.pairs_per_task` frame pairs (one per short video, several
@@ -101,18 +102,6 @@ def _stats_rows(video_id: str, start: int, stats: dict[str, list[float]]) -> lis
     return [{"video_id": video_id, "frame": start + i, **{name: float(stats[name][i]) for name in STAT_NAMES}} for i in range(count)]
 
 
-def _previous(out: Path) -> tuple[dict[str, str], dict[str, list[dict[str, Any]]]]:
-    """Fingerprints and stats rows of the last run, by video id (empty if there is none)."""
-    try:
-        fingerprints = {r["video_id"]: r["fingerprint"] for r in read_table(out / "videos.parquet", FLOWED).to_pylist()}
-        stats: dict[str, list[dict[str, Any]]] = {}
-        for row in read_table(out / "stats.parquet", FLOW_STATS).to_pylist():
-            stats.setdefault(row["video_id"], []).append(row)
-        return fingerprints, stats
-    except (FileNotFoundError, ValueError):
-        return {}, {}
-
-
 def run(
     params: FlowParams,
     decoded: str | Path,
@@ -134,37 +123,29 @@ def run(
         if name not in wanted:
             store.remove_array(store_path, group, name)
             summary.add("stale arrays removed")
-    old_fingerprints, old_stats = _previous(out)
     estimator_info = None
     done_rows, stats_rows, failures, tasks = [], [], [], []
     pending: dict[str, dict[str, Any]] = {}
     for row in videos:
         video_id = row["video_id"]
         frames_attrs = store.array_attrs(store_path, layout.FRAMES_GROUP, video_id) or {}
-        key = fingerprint(frames_attrs.get("fingerprint"), params.method, method_params(params), layout.STORE_VERSION)
+        # Task size matters too: a warm-started method starts cold at each task's first pair.
+        layout_params = (params.pairs_per_task, params.chunk_frames, params.shard_frames)
+        key = fingerprint(frames_attrs.get("fingerprint"), params.method, method_params(params), layout_params, layout.STORE_VERSION)
         done = {"video_id": video_id, "array": f"{group}/{video_id}", "method": params.method,
                 "num_pairs": row["num_frames"] - 1, "fingerprint": key}  # fmt: skip
-        existing = store.array_attrs(store_path, group, video_id)
-        if existing and existing.get("fingerprint") == key and old_fingerprints.get(video_id) == key and video_id in old_stats:
-            done_rows.append(done)
-            stats_rows.extend(old_stats[video_id])
-            summary.add("skipped")
-            continue
-        problem = None
-        if not frames_attrs:
-            problem = ("bad_frames", "its frames array is missing from the store; re-run the decode stage")
-        elif row["num_frames"] < 2:
-            problem = ("too_few_frames", f"{row['num_frames']} frame(s): flow needs at least 2")
-        else:
-            shape = store.open_frames(store_path, video_id).shape
-            if shape != (row["num_frames"], row["height"], row["width"], 3):
-                problem = ("bad_frames", f"frames array has shape {shape}, the decode table says "
-                           f"{(row['num_frames'], row['height'], row['width'], 3)}; re-run the decode stage")  # fmt: skip
+        problem = _frames_problem(row, frames_attrs, store_path)
         if problem:
             store.remove_array(store_path, group, video_id)  # an old array would no longer match its frames
             failures.append(failure(STAGE, video_id, row["relpath"], *problem))
             log_failure(failures[-1])
             summary.add("failed")
+            continue
+        existing = store.array_attrs(store_path, group, video_id)
+        if existing and existing.get("fingerprint") == key:
+            done_rows.append(done)
+            stats_rows.extend(_stats_rows(video_id, 0, existing["stats"]))
+            summary.add("skipped")
             continue
         pairs, height, width = row["num_frames"] - 1, row["height"], row["width"]
         partial = store.create_partial(
@@ -204,13 +185,14 @@ def run(
             log_failure(failures[-1])
             summary.add("failed")
             continue
+        # The stats travel with the array, so a resumed run reuses them with the array it skips.
+        stats = {name: [v for start in sorted(state["stats"]) for v in state["stats"][start][name]] for name in STAT_NAMES}
         store.publish(store_path, group, task.video_id, state["partial"], {
             "video_id": task.video_id, "method": params.method, "estimator": estimator_info,
             "frames_fingerprint": state["frames_fingerprint"], "fingerprint": state["done"]["fingerprint"],
-            "axes": list(layout.FLOW_AXES), "store_version": layout.STORE_VERSION,
+            "axes": list(layout.FLOW_AXES), "store_version": layout.STORE_VERSION, "stats": stats,
         })  # fmt: skip
-        for start in sorted(state["stats"]):
-            stats_rows.extend(_stats_rows(task.video_id, start, state["stats"][start]))
+        stats_rows.extend(_stats_rows(task.video_id, 0, stats))
         done_rows.append(state["done"])
         summary.add("computed")
     done_rows.sort(key=lambda r: r["video_id"])
@@ -222,6 +204,19 @@ def run(
     write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata)
     summary.add("pairs", sum(r["num_pairs"] for r in done_rows))
     return summary
+
+
+def _frames_problem(row: dict[str, Any], frames_attrs: dict[str, Any], store_path: str) -> tuple[str, str] | None:
+    """(reason, detail) when a video's frames cannot give flow, else None."""
+    if not frames_attrs:
+        return "bad_frames", "its frames array is missing from the store; re-run the decode stage"
+    if row["num_frames"] < 2:
+        return "too_few_frames", f"{row['num_frames']} frame(s): flow needs at least 2"
+    shape = store.open_frames(store_path, row["video_id"]).shape
+    expected = (row["num_frames"], row["height"], row["width"], 3)
+    if shape != expected:
+        return "bad_frames", f"frames array has shape {shape}, the decode table says {expected}; re-run the decode stage"
+    return None
 
 
 def _all_flat(state: dict[str, Any], num_frames: int, pairs_per_task: int) -> bool:

@@ -121,3 +121,18 @@ def test_raft_without_weights_says_how_to_supply_them(tmp_path, monkeypatch):
         RAFT(RAFTConfig())
     with pytest.raises(RaftWeightsMissing, match="does not exist"):
         RAFT(RAFTConfig(weights=str(tmp_path / "nope.pth")))
+
+
+def _real_raft_weights():
+    import os
+    from pathlib import Path
+
+    path = os.environ.get("MSCL_RAFT_SMALL_WEIGHTS") or str(Path(torch.hub.get_dir()) / "checkpoints" / "raft_small_C_T_V2-01064c6d.pth")
+    return path if Path(path).is_file() else None
+
+
+@pytest.mark.skipif(_real_raft_weights() is None, reason="no pretrained RAFT weights on this machine (none are downloaded)")
+def test_raft_with_pretrained_weights_recovers_the_known_motion(clips):
+    raft = RAFT(RAFTConfig(weights=_real_raft_weights(), iterations=12, device="cpu"))
+    for name, (truth, frames) in clips.items():
+        assert epe(truth, raft.estimate(frames)) < 0.5, name

@@ -132,3 +132,34 @@ def test_show_flow_draws_a_strip_and_a_video(decoded, tmp_path):
     assert mp4.stat().st_size > 1000
     missing = runner.invoke(cli.app, ["show-flow", "nope", "--method", "dis", "--store", str(decoded / "store.zarr")])
     assert missing.exit_code == 1 and "run the" in missing.output
+
+
+def test_an_aborted_run_leaves_no_partial_array_and_resumes(decoded, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(decoded / "store.zarr" / "frames", tmp_path / "store.zarr" / "frames")
+    real_task, calls = flow_stage.flow_task, {"n": 0}
+
+    def dies_on_the_third_task(task):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if the run were stopped here
+        return real_task(task)
+
+    monkeypatch.setattr(flow_stage, "flow_task", dies_on_the_third_task)
+    with pytest.raises(KeyboardInterrupt):
+        flow_stage.run(FlowParams(method="dis"), decoded / "decode", tmp_path / "store.zarr", tmp_path / "flow", scheduler="sync")
+    assert len(store.finished_arrays(tmp_path / "store.zarr", "flow/dis")) == 2  # the two finished before the stop
+    assert not (tmp_path / "flow" / "videos.parquet").exists()
+    monkeypatch.setattr(flow_stage, "flow_task", real_task)
+    summary = flow_stage.run(FlowParams(method="dis"), decoded / "decode", tmp_path / "store.zarr", tmp_path / "flow", scheduler="sync")
+    assert (summary.counts["skipped"], summary.counts["computed"]) == (2, 3)  # only the missing work
+    assert not any((tmp_path / "store.zarr" / ".partial" / "flow" / "dis").iterdir())
+    resumed_stats = read_table(tmp_path / "flow" / "stats.parquet").to_pylist()
+    again = flow_stage.run(FlowParams(method="dis"), decoded / "decode", tmp_path / "store.zarr", tmp_path / "flow", scheduler="sync")
+    assert again.counts["skipped"] == 5
+    assert read_table(tmp_path / "flow" / "stats.parquet").to_pylist() == resumed_stats
+    fresh = tmp_path / "fresh"
+    shutil.copytree(decoded / "store.zarr" / "frames", fresh / "store.zarr" / "frames")
+    flow_stage.run(FlowParams(method="dis"), decoded / "decode", fresh / "store.zarr", fresh / "flow", scheduler="sync")
+    assert read_table(fresh / "flow" / "stats.parquet").to_pylist() == resumed_stats  # as if never stopped
