@@ -24,6 +24,7 @@ test: setup
 
 bench: setup
 	$(RUN) python bench/decode.py
+	$(RUN) python bench/flow.py
 
 doctor: setup
 	$(RUN) python cli.py doctor
