@@ -61,6 +61,17 @@ def clear_partial(store: str | Path, group: str) -> None:
     shutil.rmtree(Path(store) / layout.PARTIAL_DIR / group, ignore_errors=True)
 
 
+def prepare_group(store: str | Path, group: str, wanted: set[str]) -> int:
+    """Before a stage writes `group`: create it, drop leftovers of killed runs, and remove finished
+    arrays whose video is no longer wanted (so outputs always match inputs). Returns how many."""
+    ensure_group(store, group)
+    clear_partial(store, group)
+    stale = [name for name in finished_arrays(store, group) if name not in wanted]
+    for name in stale:
+        remove_array(store, group, name)
+    return len(stale)
+
+
 def create_partial(
     store: str | Path, group: str, name: str, *, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
     shards: tuple[int, ...], axes: tuple[str, ...],

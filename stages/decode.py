@@ -140,13 +140,8 @@ def run(
     summary = Summary("decode")
     videos = read_table(Path(manifest) / "videos.parquet", VIDEOS).to_pylist()
     store_name, store_path, out = str(store_path), str(Path(store_path).absolute()), Path(out)
-    store.ensure_group(store_path, layout.FRAMES_GROUP)
-    store.clear_partial(store_path, layout.FRAMES_GROUP)  # leftovers of a killed run
-    wanted = {row["video_id"] for row in videos}
-    for name in store.finished_arrays(store_path, layout.FRAMES_GROUP):
-        if name not in wanted:
-            store.remove_array(store_path, layout.FRAMES_GROUP, name)
-            summary.add("stale arrays removed")
+    if stale := store.prepare_group(store_path, layout.FRAMES_GROUP, {row["video_id"] for row in videos}):
+        summary.add("stale arrays removed", stale)
     items = [plan_item(row, Path(videos_root), params, store_path) for row in videos]
     rows, failures = [], []
     results = map_progress(

@@ -116,13 +116,8 @@ def run(
     store_path = str(Path(store_path).absolute())
     group = layout.flow_group(params.method)
     videos = read_table(Path(decoded) / "decoded.parquet", DECODED).to_pylist()
-    store.ensure_group(store_path, group)
-    store.clear_partial(store_path, group)
-    wanted = {row["video_id"] for row in videos}
-    for name in store.finished_arrays(store_path, group):
-        if name not in wanted:
-            store.remove_array(store_path, group, name)
-            summary.add("stale arrays removed")
+    if stale := store.prepare_group(store_path, group, {row["video_id"] for row in videos}):
+        summary.add("stale arrays removed", stale)
     estimator_info = None
     done_rows, stats_rows, failures, tasks = [], [], [], []
     pending: dict[str, dict[str, Any]] = {}
