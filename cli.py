@@ -36,7 +36,7 @@ def _setup(params_file: Path) -> Params:
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    for noisy in ("distributed", "bokeh", "tornado"):
+    for noisy in ("distributed", "bokeh", "tornado", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return load_params(params_file)
@@ -137,6 +137,57 @@ def _with_method(flow_params, method: str):
     from schemas.params import FlowParams, validate
 
     return validate(FlowParams, {**flow_params.model_dump(by_alias=True), "method": method}, source="--method", prefix="flow")
+
+
+@app.command()
+def sample(
+    params_file: Path = ParamsOpt,
+    flowed: Optional[Path] = typer.Option(None, help="folder holding the flow stage's videos.parquet (default: data.flow)"),
+    store: Optional[Path] = typer.Option(None, help="Zarr store with the flow (default: data.store)"),
+    out: Optional[Path] = typer.Option(None, help="output folder for frames.parquet, clips.parquet, failures.parquet (default: data.sample)"),
+    scheduler: Optional[str] = SchedulerOpt,
+    workers: Optional[int] = WorkersOpt,
+) -> None:
+    """Score every clip start with Motion Differential Sampling and write the clip index (params: sample)."""
+    from stages import sample as stage
+
+    params = _setup(params_file)
+    data = params.data
+    _finish(stage.run(params.sample, flowed or data.flow, store or data.store, out or data.sample, scheduler=scheduler, workers=workers))
+
+
+@app.command("inspect-index")
+def inspect_index(
+    params_file: Path = ParamsOpt,
+    index: Optional[Path] = typer.Option(None, help="folder holding clips.parquet and frames.parquet (default: data.sample)"),
+    video: Optional[str] = typer.Option(None, help="show one video: its candidate starts and scores"),
+    plot: Optional[Path] = typer.Option(None, help="with --video: draw its score curve, selected clips shaded, to this PNG"),
+    top: Optional[int] = typer.Option(None, min=1, help="the N highest and N lowest scoring clips"),
+    output: str = typer.Option("table", "--format", help="table (for people), csv or json (for scripts)"),
+) -> None:
+    """Look at the clip index: a summary, one video (--video, --plot), or the extremes (--top)."""
+    from pipeline import index_views as inspect
+
+    params = _setup(params_file)
+    folder = index or Path(params.data.sample)
+    if output not in ("table", "csv", "json"):
+        typer.echo(f"--format must be table, csv or json, got {output!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        view = inspect.load(folder)
+        if video is not None:
+            frame = inspect.video_view(view, video)
+            if plot is not None:
+                inspect.plot_video(view, video, plot)
+                typer.echo(f"wrote {plot}", err=True)
+        elif top is not None:
+            frame = inspect.top_view(view, top)
+        else:
+            frame = inspect.summary_view(view)
+    except (FileNotFoundError, KeyError) as exc:
+        typer.echo(str(exc).strip("'\""), err=True)
+        raise typer.Exit(1) from None
+    inspect.emit(frame, output)
 
 
 @app.command("show-flow")

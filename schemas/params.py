@@ -29,6 +29,7 @@ class DataParams(Section):
     store: str = "data/store.zarr"
     decode: str = "data/decode"
     flow: str = "data/flow"
+    sample: str = "data/sample"
 
 
 MOTION_CLASSES = ("slide_horizontal", "slide_vertical", "rotate", "zoom_in", "zoom_out", "oscillate")
@@ -198,6 +199,26 @@ class FlowParams(Section):
         return self
 
 
+SCORES = ("mds", "motion_map_diff", "attention_diff", "flow_magnitude")
+
+
+class SampleParams(Section):
+    """Motion Differential Sampling: clip shape, per-frame score, and which clips to keep."""
+
+    clip_len: int = Field(8, ge=1, le=512)
+    stride: int = Field(4, ge=1, le=512)
+    score: Literal[SCORES] = Field("mds", description="per-frame score; mds is the authors'")  # type: ignore[valid-type]
+    threshold: Literal["median", "quantile", "absolute", "top_k"] = "median"
+    quantile: float = Field(0.5, ge=0, le=1, description="with threshold: quantile")
+    absolute: float = Field(0.0, ge=0, description="with threshold: absolute")
+    top_k: int = Field(10, ge=1, description="with threshold: top_k")
+    min_clips_per_video: int = Field(1, ge=0, description="keep at least this many (the best) per video")
+    block: int = Field(28, ge=1, le=512, description="attention pooling block, pixels (the authors' 28)")
+    noise_floor: float = Field(
+        0.5, ge=0, description="flow shorter than this (px/frame) counts as still; 0 is exactly the authors' method"
+    )
+
+
 class Params(Section):
     """The whole `params.yaml`."""
 
@@ -206,6 +227,7 @@ class Params(Section):
     probe: ProbeParams = ProbeParams()
     decode: DecodeParams = DecodeParams()
     flow: FlowParams = FlowParams()
+    sample: SampleParams = SampleParams()
 
 
 class ParamsError(ValueError):

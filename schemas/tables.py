@@ -63,6 +63,8 @@ FAILURE_REASONS = (
     "internal_error",
     "uniform_frames",
     "bad_frames",
+    "shorter_than_clip",
+    "bad_flow",
 )
 
 # data/decode/decoded.parquet: one row per frame array in the store (decode stage).
@@ -103,10 +105,40 @@ FLOW_STATS = pa.schema(
 FLOWED = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),
+        pa.field("relpath", pa.string(), nullable=False),
         pa.field("array", pa.string(), nullable=False),  # path inside the store
         pa.field("method", pa.string(), nullable=False),
         pa.field("num_pairs", pa.int64(), nullable=False),
         pa.field("fingerprint", pa.string(), nullable=False),
+    ]
+)
+
+# data/sample/frames.parquet: per-frame motion scores (sample stage), every score at once so that
+# switching score or threshold re-runs in seconds from this table.
+FRAME_SCORES = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("frame", pa.int32(), nullable=False),  # flow frame i (frame i -> i+1)
+        pa.field("mds", pa.float32(), nullable=False),  # the authors' s_i: change of attention-weighted colour-coded flow
+        pa.field("motion_map_diff", pa.float32(), nullable=False),  # the same differential on the motion map alone
+        pa.field("attention_diff", pa.float32(), nullable=False),  # ... on the attention map alone
+        pa.field("flow_magnitude", pa.float32(), nullable=False),  # mean flow magnitude, pixels/frame
+        pa.field("motion_map_mean", pa.float32(), nullable=False),  # mean of M_i (Sobel of u, v)
+        pa.field("attention_mean", pa.float32(), nullable=False),  # mean of A_i (in [0, 1])
+    ]
+)
+
+# data/sample/clips.parquet: the clip index, every candidate start of every video (sample stage).
+CLIP_INDEX = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("start", pa.int32(), nullable=False),  # uses frames and flows start + j*stride, j < clip_len
+        pa.field("clip_len", pa.int16(), nullable=False),
+        pa.field("stride", pa.int16(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),  # mean of the clip's per-frame scores
+        pa.field("rank", pa.int32(), nullable=False),  # 1 = highest score in its video
+        pa.field("quantile", pa.float32(), nullable=False),  # share of the video's candidates scoring lower
+        pa.field("selected", pa.bool_(), nullable=False),  # kept by Motion Differential Sampling
     ]
 )
 

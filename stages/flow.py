@@ -127,7 +127,7 @@ def run(
         # Task size matters too: a warm-started method starts cold at each task's first pair.
         layout_params = (params.pairs_per_task, params.chunk_frames, params.shard_frames)
         key = fingerprint(frames_attrs.get("fingerprint"), params.method, method_params(params), layout_params, layout.STORE_VERSION)
-        done = {"video_id": video_id, "array": f"{group}/{video_id}", "method": params.method,
+        done = {"video_id": video_id, "relpath": row["relpath"], "array": f"{group}/{video_id}", "method": params.method,
                 "num_pairs": row["num_frames"] - 1, "fingerprint": key}  # fmt: skip
         problem = _frames_problem(row, frames_attrs, store_path)
         if problem:

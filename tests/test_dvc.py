@@ -36,15 +36,18 @@ def clone(tmp_path_factory):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["make_demo"].update(videos_per_class=1, frames=12)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    identity = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER") for what, value in (("NAME", "test"), ("EMAIL", "test@localhost"))}
+    env = {**os.environ, **identity, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     sh("git", "init", "-q", cwd=root)
+    sh("git", "add", "-A", cwd=root, env=env)
+    sh("git", "commit", "-qm", "clone", cwd=root, env=env)  # `dvc exp run` needs a commit to start from
     return root, env
 
 
 def test_repro_builds_everything_then_does_nothing(clone):
     root, env = clone
     first = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
-    for stage in ("make_demo", "probe", "decode"):
+    for stage in ("make_demo", "probe", "decode", "flow", "sample"):
         assert f"Running stage '{stage}'" in first.stdout
     videos = read_table(root / "data/manifest/videos.parquet").to_pylist()
     decoded = read_table(root / "data/decode/decoded.parquet").to_pylist()
@@ -63,6 +66,17 @@ def test_a_decode_param_reruns_only_decode(clone):
     params["decode"]["short_side"] = 64
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
-    assert "Running stage 'decode'" in run.stdout
+    assert "Running stage 'decode'" in run.stdout and "Running stage 'flow'" in run.stdout
     assert "Running stage 'probe'" not in run.stdout and "Running stage 'make_demo'" not in run.stdout
     assert {min(r["height"], r["width"]) for r in read_table(root / "data/decode/decoded.parquet").to_pylist()} == {64}
+
+
+def test_a_sample_threshold_reruns_only_sample(clone):
+    root, env = clone
+    sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
+    run = sh(sys.executable, "-m", "dvc", "exp", "run", "-S", "sample.threshold=top_k", "-S", "sample.top_k=2", cwd=root, env=env)
+    assert "Running stage 'sample'" in run.stdout
+    for stage in ("make_demo", "probe", "decode", "flow"):
+        assert f"Running stage '{stage}'" not in run.stdout
+    clips = read_table(root / "data/sample/clips.parquet").to_pandas()
+    assert (clips.groupby("video_id").selected.sum() == 2).all()
