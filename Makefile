@@ -25,6 +25,7 @@ test: setup
 bench: setup
 	$(RUN) python bench/decode.py
 	$(RUN) python bench/flow.py
+	$(RUN) python bench/sample.py
 
 doctor: setup
 	$(RUN) python cli.py doctor

@@ -21,9 +21,6 @@ from torchvision.utils import flow_to_image
 BLOCK = 28  # the authors' attention pooling block, in pixels
 FRAME_SCORES = ("mds", "motion_map_diff", "attention_diff", "flow_magnitude")
 
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-
-
 def colour_wheel(flow: torch.Tensor) -> torch.Tensor:
     """(N, 2, H, W) flow -> (N, 3, H, W) float in [0, 1], each frame scaled by its largest vector."""
     norms = flow.square().sum(dim=1).sqrt().amax(dim=(1, 2)).clamp_min(torch.finfo(flow.dtype).eps)
@@ -34,11 +31,18 @@ def colour_wheel(flow: torch.Tensor) -> torch.Tensor:
 
 
 def motion_map(flow: torch.Tensor) -> torch.Tensor:
-    """(N, 2, H, W) -> (N, H, W): sqrt of the summed squared Sobel derivatives of u and v."""
-    kernels = torch.stack([_SOBEL_X, _SOBEL_X.T]).unsqueeze(1).to(flow)  # (2, 1, 3, 3): d/dx, d/dy
-    padded = F.pad(flow.reshape(-1, 1, *flow.shape[2:]), (1, 1, 1, 1), mode="reflect")  # as cv2.Sobel's default border
-    grads = F.conv2d(padded, kernels)  # (N*2, 2, H, W)
-    return grads.square().reshape(flow.shape[0], 4, *flow.shape[2:]).sum(dim=1).sqrt()
+    """(N, 2, H, W) -> (N, H, W): sqrt of the summed squared Sobel derivatives of u and v.
+
+    The 3x3 Sobel kernels as shifted slices (the kernel is separable), with reflected borders as
+    cv2.Sobel's default: several times faster on a CPU than a conv2d with such small kernels."""
+    p = F.pad(flow, (1, 1, 1, 1), mode="reflect")
+    right, left = p[..., 2:], p[..., :-2]
+    horizontal = right - left  # [-1, 0, 1] along x, every row
+    dx = horizontal[..., :-2, :] + 2 * horizontal[..., 1:-1, :] + horizontal[..., 2:, :]
+    down, up = p[..., 2:, :], p[..., :-2, :]
+    vertical = down - up  # [-1, 0, 1] along y, every column
+    dy = vertical[..., :-2] + 2 * vertical[..., 1:-1] + vertical[..., 2:]
+    return (dx.square() + dy.square()).sum(dim=1).sqrt()
 
 
 def attention(motion: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
@@ -67,7 +71,7 @@ def frame_scores(flow: np.ndarray, *, block: int = BLOCK, noise_floor: float = 0
     noise of a static shot up into full-strength colours (a static video then scores 0)."""
     if flow.ndim != 4 or flow.shape[-1] != 2:
         raise ValueError(f"flow must be (N, H, W, 2), got {flow.shape}")
-    tensor = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(0, 3, 1, 2).to(device)
+    tensor = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(0, 3, 1, 2).contiguous().to(device)
     if not torch.isfinite(tensor).all():
         raise ValueError("flow contains NaN or infinite values")
     if noise_floor > 0:

@@ -50,7 +50,7 @@ def test_golden_selection_and_index_columns(flowed, tmp_path):
     summary = run_sample(flowed, tmp_path)
     clips = clips_by_relpath(flowed, tmp_path)
     assert {name: list(c.start[c.selected]) for name, c in clips.items()} == GOLDEN_SELECTED
-    for name, c in clips.items():
+    for c in clips.values():
         assert list(c.start) == list(range(len(c)))  # every candidate start is listed
         assert (c.clip_len == 8).all() and (c.stride == 4).all()
         assert sorted(c["rank"]) == list(range(1, len(c) + 1))
