@@ -86,3 +86,20 @@ def test_score_variants_and_edge_cases():
     bad[1, 3, 4, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or infinite"):
         frame_scores(bad)
+
+
+def test_flow_stats_motion_map_is_the_same_map():
+    """The flow stage's stats (OpenCV, no torch in flow workers) and MDS (torch) compute one M_i."""
+    import torch
+
+    from pipeline.flowstats import flow_stats, motion_map as stats_motion_map
+    from pipeline.mds import motion_map
+
+    flow = np.random.default_rng(5).normal(0, 2, (3, 33, 47, 2)).astype(np.float32)
+    ours = motion_map(torch.from_numpy(flow).permute(0, 3, 1, 2).contiguous()).numpy()
+    np.testing.assert_allclose(ours, np.stack([stats_motion_map(f) for f in flow]), rtol=1e-5, atol=1e-5)
+    stats = flow_stats(flow, moving_threshold=1.0)
+    np.testing.assert_allclose(stats["motion_edge_mean"], ours.mean(axis=(1, 2)), rtol=1e-5)
+    magnitude = np.linalg.norm(flow, axis=-1)
+    np.testing.assert_allclose(stats["p90_mag"], np.percentile(magnitude.reshape(3, -1), 90, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(stats["moving_frac"], (magnitude > 1.0).mean(axis=(1, 2)))
