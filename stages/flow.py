@@ -16,7 +16,7 @@ fingerprint (frames + method + params) is unchanged.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +97,23 @@ def flow_task(task: FlowTask) -> dict[str, Any]:
     return {"task": task, "flat_frames": flat, "stats": {name: values.tolist() for name, values in stats.items()}}
 
 
-def _stats_rows(video_id: str, start: int, stats: dict[str, list[float]]) -> list[dict[str, Any]]:
+def _stats_rows(video_id: str, stats: dict[str, list[float]]) -> list[dict[str, Any]]:
     count = len(stats["mean_mag"])
-    return [{"video_id": video_id, "frame": start + i, **{name: float(stats[name][i]) for name in STAT_NAMES}} for i in range(count)]
+    return [{"video_id": video_id, "frame": i, **{name: float(stats[name][i]) for name in STAT_NAMES}} for i in range(count)]
+
+
+@dataclass
+class _Video:
+    """A video whose flow is being computed: what its tasks have returned so far."""
+
+    row: dict[str, Any]
+    done: dict[str, Any]  # its row of videos.parquet
+    partial: Path
+    frames_fingerprint: str
+    left: int  # tasks not yet returned
+    stats: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # by task start
+    flat: int = 0
+    error: str | None = None
 
 
 def run(
@@ -112,83 +126,65 @@ def run(
     workers: int | None = None,
 ) -> Summary:
     summary = Summary(f"extract-flow ({params.method})")
-    out = Path(out)
-    store_path = str(Path(store_path).absolute())
+    out, store_path = Path(out), str(Path(store_path).absolute())
     group = layout.flow_group(params.method)
     videos = read_table(Path(decoded) / "decoded.parquet", DECODED).to_pylist()
     if stale := store.prepare_group(store_path, group, {row["video_id"] for row in videos}):
         summary.add("stale arrays removed", stale)
-    estimator_info = None
     done_rows, stats_rows, failures, tasks = [], [], [], []
-    pending: dict[str, dict[str, Any]] = {}
+    pending: dict[str, _Video] = {}
+
+    def fail(video_id: str, relpath: str, reason: str, detail: str) -> None:
+        store.remove_array(store_path, group, video_id)  # an old array would no longer match
+        failures.append(failure(STAGE, video_id, relpath, reason, detail))
+        log_failure(failures[-1])
+        summary.add("failed")
+
     for row in videos:
-        video_id = row["video_id"]
-        frames_attrs = store.array_attrs(store_path, layout.FRAMES_GROUP, video_id) or {}
-        # Task size matters too: a warm-started method starts cold at each task's first pair.
-        layout_params = (params.pairs_per_task, params.chunk_frames, params.shard_frames)
-        key = fingerprint(frames_attrs.get("fingerprint"), params.method, method_params(params), layout_params, layout.STORE_VERSION)
-        done = {"video_id": video_id, "relpath": row["relpath"], "array": f"{group}/{video_id}", "method": params.method,
-                "num_pairs": row["num_frames"] - 1, "fingerprint": key}  # fmt: skip
-        problem = _frames_problem(row, frames_attrs, store_path)
-        if problem:
-            store.remove_array(store_path, group, video_id)  # an old array would no longer match its frames
-            failures.append(failure(STAGE, video_id, row["relpath"], *problem))
-            log_failure(failures[-1])
-            summary.add("failed")
+        frames_attrs = store.array_attrs(store_path, layout.FRAMES_GROUP, row["video_id"]) or {}
+        if problem := _frames_problem(row, frames_attrs, store_path):
+            fail(row["video_id"], row["relpath"], *problem)
             continue
-        existing = store.array_attrs(store_path, group, video_id)
-        if existing and existing.get("fingerprint") == key:
+        done = {"video_id": row["video_id"], "relpath": row["relpath"], "array": f"{group}/{row['video_id']}",
+                "method": params.method, "num_pairs": row["num_frames"] - 1,
+                "fingerprint": flow_fingerprint(frames_attrs["fingerprint"], params)}  # fmt: skip
+        existing = store.array_attrs(store_path, group, row["video_id"])
+        if existing and existing.get("fingerprint") == done["fingerprint"]:
             done_rows.append(done)
-            stats_rows.extend(_stats_rows(video_id, 0, existing["stats"]))
+            stats_rows.extend(_stats_rows(row["video_id"], existing["stats"]))
             summary.add("skipped")
             continue
-        pairs, height, width = row["num_frames"] - 1, row["height"], row["width"]
-        partial = store.create_partial(
-            store_path, group, video_id, shape=(pairs, height, width, 2), dtype=layout.FLOW_DTYPE,
-            chunks=(params.chunk_frames, height, width, 2), shards=(params.shard_frames, height, width, 2), axes=layout.FLOW_AXES,
-        )  # fmt: skip
-        starts = range(0, pairs, params.pairs_per_task)
-        pending[video_id] = {"row": row, "done": done, "partial": partial, "left": len(starts), "stats": {}, "flat": 0, "error": None,
-                             "frames_fingerprint": frames_attrs.get("fingerprint")}  # fmt: skip
-        tasks += [FlowTask(video_id, row["relpath"], store_path, str(partial), s, min(s + params.pairs_per_task, pairs), params) for s in starts]
+        video_tasks = _plan(row, params, store_path, group)
+        pending[row["video_id"]] = _Video(row, done, Path(video_tasks[0].partial), frames_attrs["fingerprint"], len(video_tasks))
+        tasks += video_tasks
 
-    if tasks:
-        estimator_info = make_estimator(params).describe()  # fails early, in this process, e.g. on missing RAFT weights
+    # Built here first so that a problem (missing RAFT weights) stops the run before any work.
+    estimator_info = make_estimator(params).describe() if tasks else None
     results = map_progress(flow_task, tasks, scheduler=scheduler, workers=workers, desc="extract-flow", unit="pair",
                            weight=lambda task: task.stop - task.start)  # fmt: skip
     for result in results:
         task: FlowTask = result["task"]
-        state = pending[task.video_id]
-        state["left"] -= 1
+        video = pending[task.video_id]
+        video.left -= 1
         if "error" in result:
-            state["error"] = state["error"] or result["error"]
+            video.error = video.error or result["error"]
         else:
-            state["stats"][task.start] = result["stats"]
-            state["flat"] += result["flat_frames"]
-        if state["left"]:
+            video.stats[task.start], video.flat = result["stats"], video.flat + result["flat_frames"]
+        if video.left:
             continue
-        row = state["row"]
-        problem = None
-        if state["error"]:
-            problem = ("bad_frames", state["error"])
-        elif _all_flat(state, row["num_frames"], params.pairs_per_task):
-            problem = ("uniform_frames", "every frame is a single flat colour: there is no motion to measure")
-        if problem:
-            store.discard_partial(state["partial"])
-            store.remove_array(store_path, group, task.video_id)
-            failures.append(failure(STAGE, task.video_id, row["relpath"], *problem))
-            log_failure(failures[-1])
-            summary.add("failed")
+        if problem := _flow_problem(video, params.pairs_per_task):
+            store.discard_partial(video.partial)
+            fail(task.video_id, video.row["relpath"], *problem)
             continue
         # The stats travel with the array, so a resumed run reuses them with the array it skips.
-        stats = {name: [v for start in sorted(state["stats"]) for v in state["stats"][start][name]] for name in STAT_NAMES}
-        store.publish(store_path, group, task.video_id, state["partial"], {
+        stats = {name: [v for start in sorted(video.stats) for v in video.stats[start][name]] for name in STAT_NAMES}
+        store.publish(store_path, group, task.video_id, video.partial, {
             "video_id": task.video_id, "method": params.method, "estimator": estimator_info,
-            "frames_fingerprint": state["frames_fingerprint"], "fingerprint": state["done"]["fingerprint"],
+            "frames_fingerprint": video.frames_fingerprint, "fingerprint": video.done["fingerprint"],
             "axes": list(layout.FLOW_AXES), "store_version": layout.STORE_VERSION, "stats": stats,
         })  # fmt: skip
-        stats_rows.extend(_stats_rows(task.video_id, 0, stats))
-        done_rows.append(state["done"])
+        stats_rows.extend(_stats_rows(task.video_id, stats))
+        done_rows.append(video.done)
         summary.add("computed")
     done_rows.sort(key=lambda r: r["video_id"])
     stats_rows.sort(key=lambda r: (r["video_id"], r["frame"]))
@@ -201,9 +197,39 @@ def run(
     return summary
 
 
+def flow_fingerprint(frames_fingerprint: str, params: FlowParams) -> str:
+    """What the flow array and its stats depend on: the frames, the method and its params, the task
+    size (a warm-started method starts cold at each task's first pair), the layout, the stats' threshold."""
+    layout_params = (params.pairs_per_task, params.chunk_frames, params.shard_frames, params.moving_threshold)
+    return fingerprint(frames_fingerprint, params.method, method_params(params), layout_params, layout.STORE_VERSION)
+
+
+def _plan(row: dict[str, Any], params: FlowParams, store_path: str, group: str) -> list[FlowTask]:
+    """Create the video's partial array and cut its pairs into tasks that each write whole shards."""
+    pairs, height, width = row["num_frames"] - 1, row["height"], row["width"]
+    partial = store.create_partial(
+        store_path, group, row["video_id"], shape=(pairs, height, width, 2), dtype=layout.FLOW_DTYPE,
+        chunks=(params.chunk_frames, height, width, 2), shards=(params.shard_frames, height, width, 2), axes=layout.FLOW_AXES,
+    )  # fmt: skip
+    return [
+        FlowTask(row["video_id"], row["relpath"], store_path, str(partial), start, min(start + params.pairs_per_task, pairs), params)
+        for start in range(0, pairs, params.pairs_per_task)
+    ]
+
+
+def _flow_problem(video: _Video, pairs_per_task: int) -> tuple[str, str] | None:
+    if video.error:
+        return "bad_frames", video.error
+    # Tasks overlap by one frame (the last frame of one is the first of the next).
+    overlaps = -(-(video.row["num_frames"] - 1) // pairs_per_task) - 1
+    if video.flat - overlaps >= video.row["num_frames"]:
+        return "uniform_frames", "every frame is a single flat colour: there is no motion to measure"
+    return None
+
+
 def _frames_problem(row: dict[str, Any], frames_attrs: dict[str, Any], store_path: str) -> tuple[str, str] | None:
     """(reason, detail) when a video's frames cannot give flow, else None."""
-    if not frames_attrs:
+    if not frames_attrs.get("fingerprint"):
         return "bad_frames", "its frames array is missing from the store; re-run the decode stage"
     if row["num_frames"] < 2:
         return "too_few_frames", f"{row['num_frames']} frame(s): flow needs at least 2"
@@ -212,9 +238,3 @@ def _frames_problem(row: dict[str, Any], frames_attrs: dict[str, Any], store_pat
     if shape != expected:
         return "bad_frames", f"frames array has shape {shape}, the decode table says {expected}; re-run the decode stage"
     return None
-
-
-def _all_flat(state: dict[str, Any], num_frames: int, pairs_per_task: int) -> bool:
-    """Every frame flat? Tasks overlap by one frame (the last frame of one is the first of the next)."""
-    overlaps = max(0, -(-(num_frames - 1) // pairs_per_task) - 1)
-    return state["flat"] - overlaps >= num_frames

@@ -79,6 +79,8 @@ def test_rerun_skips_and_method_change_recomputes(decoded, tmp_path):
     assert changed.counts["computed"] == 5
     unrelated = run_flow(decoded, tmp_path, FlowParams(method="farneback", farneback={"winsize": 9}, dis={"preset": "fast"}))
     assert unrelated.counts["skipped"] == 5  # another method's params do not invalidate this flow
+    threshold = run_flow(decoded, tmp_path, FlowParams(method="farneback", farneback={"winsize": 9}, moving_threshold=2.0))
+    assert threshold.counts["computed"] == 5  # the stats depend on it
 
 
 def test_bad_videos_are_quarantined_and_the_rest_finish(decoded, tmp_path):
