@@ -69,7 +69,7 @@ def _frame_rows(video_id: str, scores: dict[str, np.ndarray]) -> list[dict[str, 
 
 
 def _previous_scores(out: Path, keys: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
-    """Per-frame scores of the last run for videos whose key (flow + block) is unchanged."""
+    """Per-frame scores of the last run for videos whose key (flow, block, noise floor) is unchanged."""
     path = out / "frames.parquet"
     try:
         old_keys = table_metadata(path).get("video_keys", {})
