@@ -35,13 +35,20 @@ def ensure_group(store: str | Path, group: str) -> zarr.Group:
     return opened
 
 
-def array_attrs(store: str | Path, group: str, name: str) -> dict[str, Any] | None:
-    """Attributes of a finished array, or None if there is none (cheap: reads one small JSON file)."""
+def array_meta(store: str | Path, group: str, name: str) -> dict[str, Any] | None:
+    """The metadata (shape, attributes, ...) of a finished array, or None if there is none
+    (cheap: reads one small JSON file)."""
     meta = group_path(store, group) / name / "zarr.json"
     try:
-        return json.loads(meta.read_text()).get("attributes", {})
+        return json.loads(meta.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def array_attrs(store: str | Path, group: str, name: str) -> dict[str, Any] | None:
+    """Attributes of a finished array, or None if there is none."""
+    meta = array_meta(store, group, name)
+    return None if meta is None else meta.get("attributes", {})
 
 
 def finished_arrays(store: str | Path, group: str) -> list[str]:

@@ -94,16 +94,16 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
     if existing and existing.get("fingerprint") == item.fingerprint:
         return "skipped", decoded_row(item, existing["num_frames"])
     spec = item.spec
-    fps = _stored_fps(row, spec)
+    stored = decoded_row(item, 0)  # rate, step and scale, as the decode table will show them
     attrs = {
         "video_id": row["video_id"],
         "relpath": row["relpath"],
         "sha256": row["sha256"],
-        "fps": [fps.numerator, fps.denominator],
+        "fps": [stored["fps_num"], stored["fps_den"]],
         "source_fps": [row["fps_num"], row["fps_den"]],
-        "source_frame_step": float(Fraction(row["fps_num"], row["fps_den"]) / fps),
+        "source_frame_step": stored["source_frame_step"],
         "source_size": [row["display_width"], row["display_height"]],
-        "scale": _scale(row, spec),
+        "scale": stored["scale"],
         "params": item.params.model_dump(mode="json"),
         "ffmpeg": ffmpeg_binary().version,
         "axes": list(layout.FRAMES_AXES),

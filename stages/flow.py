@@ -141,8 +141,9 @@ def run(
         summary.add("failed")
 
     for row in videos:
-        frames_attrs = store.array_attrs(store_path, layout.FRAMES_GROUP, row["video_id"]) or {}
-        if problem := _frames_problem(row, frames_attrs, store_path):
+        frames_meta = store.array_meta(store_path, layout.FRAMES_GROUP, row["video_id"]) or {}
+        frames_attrs = frames_meta.get("attributes", {})
+        if problem := _frames_problem(row, frames_meta):
             fail(row["video_id"], row["relpath"], *problem)
             continue
         done = {"video_id": row["video_id"], "relpath": row["relpath"], "array": f"{group}/{row['video_id']}",
@@ -227,13 +228,13 @@ def _flow_problem(video: _Video, pairs_per_task: int) -> tuple[str, str] | None:
     return None
 
 
-def _frames_problem(row: dict[str, Any], frames_attrs: dict[str, Any], store_path: str) -> tuple[str, str] | None:
-    """(reason, detail) when a video's frames cannot give flow, else None."""
-    if not frames_attrs.get("fingerprint"):
+def _frames_problem(row: dict[str, Any], frames_meta: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, detail) when a video's frames (their array's metadata) cannot give flow, else None."""
+    if not frames_meta.get("attributes", {}).get("fingerprint"):
         return "bad_frames", "its frames array is missing from the store; re-run the decode stage"
     if row["num_frames"] < 2:
         return "too_few_frames", f"{row['num_frames']} frame(s): flow needs at least 2"
-    shape = store.open_frames(store_path, row["video_id"]).shape
+    shape = tuple(frames_meta["shape"])
     expected = (row["num_frames"], row["height"], row["width"], 3)
     if shape != expected:
         return "bad_frames", f"frames array has shape {shape}, the decode table says {expected}; re-run the decode stage"
