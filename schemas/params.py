@@ -219,6 +219,47 @@ class SampleParams(Section):
     )
 
 
+class DatasetParams(Section):
+    """The streaming training dataset (pipeline/dataset.py): views, augmentations, flow scaling.
+
+    Clip length and stride are `sample.clip_len` and `sample.stride`: the clip index is built for
+    them, and the dataset reads them from it. Defaults are the authors' (../shared/MSCL.md, section 5)."""
+
+    sampling: bool = Field(True, description="draw view 1 from the MDS-selected starts; false: every valid start (the ablation)")
+    view2_window: int = Field(64, ge=0, description="view 2 starts at start1 + U[-window, window] frames, snapped to an allowed start")
+    crop_size: int = Field(112, ge=8, le=1024, description="side of the square output crop, pixels")
+    crop_scale: tuple[float, float] = Field((0.2, 1.0), description="random resized crop: range of the crop's share of the frame area")
+    crop_ratio: tuple[float, float] = Field((0.75, 4 / 3), description="random resized crop: range of the crop's aspect ratio (w/h)")
+    flip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip (RGB and flow; u is negated)")
+    color_jitter: tuple[float, float, float, float] = Field((0.4, 0.4, 0.4, 0.1), description="brightness, contrast, saturation, hue")
+    color_jitter_p: float = Field(0.8, ge=0, le=1)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: float = Field(0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Gaussian blur sigma range, pixels of the output crop")
+    flow_norm: Literal["max_magnitude", "fixed", "none"] = Field(
+        "max_magnitude", description="max_magnitude: each flow frame / its largest vector (the authors'); fixed: / flow_bound, clipped"
+    )
+    flow_bound: float = Field(20.0, gt=0, description="with flow_norm: fixed, pixels/frame that map to 1")
+    rotation: bool = Field(True, description="Flow Rotation Augmentation: also yield the flow rotated by b = (0.2 + 0.2k)pi")
+    shuffle: bool = True
+    drop_last: bool = Field(False, description="false: pad ranks to equal length with repeats (flagged); true: drop the remainder")
+    seed: int = 0
+
+    @field_validator("crop_scale", "crop_ratio", "blur_sigma")
+    @classmethod
+    def _ordered_positive(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"must be [low, high] with 0 < low <= high, got {list(value)}")
+        return value
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _area_share(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] > 1:
+            raise ValueError(f"the crop's share of the frame area cannot exceed 1, got {list(value)}")
+        return value
+
+
 class Params(Section):
     """The whole `params.yaml`."""
 
@@ -228,6 +269,7 @@ class Params(Section):
     decode: DecodeParams = DecodeParams()
     flow: FlowParams = FlowParams()
     sample: SampleParams = SampleParams()
+    dataset: DatasetParams = DatasetParams()
 
 
 class ParamsError(ValueError):

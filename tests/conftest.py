@@ -103,3 +103,39 @@ def bad_videos(tmp_path_factory) -> Path:
     os.symlink("..", root / "loop" / "back_up")  # a directory symlink loop
     os.symlink("self_loop.mp4", root / "self_loop.mp4")  # a file symlink pointing at itself
     return root
+
+
+@pytest.fixture(scope="session")
+def fixture_flowed(fixture_dir, tmp_path_factory) -> Path:
+    """The fixture videos probed, decoded (short side 128) and with DIS flow: manifest/, store.zarr/,
+    decode/ and flow/ under the returned folder. Shared read-only by every test module that needs it."""
+    from schemas.params import DecodeParams, FlowParams, ProbeParams
+    from stages import decode as decode_stage
+    from stages import flow as flow_stage
+    from stages import probe as probe_stage
+
+    root = tmp_path_factory.mktemp("flowed")
+    probe_stage.run(ProbeParams(), fixture_dir, root / "manifest", scheduler="sync")
+    decode_stage.run(DecodeParams(), root / "manifest", fixture_dir, root / "store.zarr", root / "decode", scheduler="sync")
+    flow_stage.run(FlowParams(method="dis"), root / "decode", root / "store.zarr", root / "flow", scheduler="sync")
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_sampled(tmp_path_factory) -> Path:
+    """A small demo dataset (6 classes x 2 videos, 40 frames) through every data stage with DIS flow:
+    demo/, manifest/, store.zarr/, decode/, flow/dis and sample/ under the returned folder."""
+    from schemas.params import DecodeParams, FlowParams, MakeDemoParams, ProbeParams, SampleParams
+    from stages import decode as decode_stage
+    from stages import flow as flow_stage
+    from stages import make_demo as make_demo_stage
+    from stages import probe as probe_stage
+    from stages import sample as sample_stage
+
+    root = tmp_path_factory.mktemp("demo_sampled")
+    make_demo_stage.run(MakeDemoParams(videos_per_class=2, frames=40), root / "demo", scheduler="sync")
+    probe_stage.run(ProbeParams(), root / "demo" / "videos", root / "manifest", scheduler="sync")
+    decode_stage.run(DecodeParams(), root / "manifest", root / "demo" / "videos", root / "store.zarr", root / "decode", scheduler="sync")
+    flow_stage.run(FlowParams(method="dis"), root / "decode", root / "store.zarr", root / "flow", scheduler="sync")
+    sample_stage.run(SampleParams(), root / "flow", root / "store.zarr", root / "sample", scheduler="sync")
+    return root

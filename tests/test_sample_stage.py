@@ -9,11 +9,8 @@ from typer.testing import CliRunner
 import cli
 from pipeline import store
 from pipeline.tables import read_table, table_metadata, write_table
-from schemas.params import DecodeParams, FlowParams, ProbeParams, SampleParams
+from schemas.params import SampleParams
 from schemas.tables import CLIP_INDEX, FAILURES, FLOWED
-from stages import decode as decode_stage
-from stages import flow as flow_stage
-from stages import probe as probe_stage
 from stages import sample as sample_stage
 
 # Selected starts per fixture video with the default params (DIS flow at short side 128): pinned, so
@@ -28,12 +25,8 @@ GOLDEN_SELECTED = {
 
 
 @pytest.fixture(scope="module")
-def flowed(fixture_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("flowed")
-    probe_stage.run(ProbeParams(), fixture_dir, root / "manifest", scheduler="sync")
-    decode_stage.run(DecodeParams(), root / "manifest", fixture_dir, root / "store.zarr", root / "decode", scheduler="sync")
-    flow_stage.run(FlowParams(method="dis"), root / "decode", root / "store.zarr", root / "flow", scheduler="sync")
-    return root
+def flowed(fixture_flowed):
+    return fixture_flowed
 
 
 def run_sample(flowed, out, params=SampleParams()):

@@ -1,0 +1,118 @@
+"""Augmentations of one view: the same geometry for its RGB and its flow, colour for RGB only.
+
+Geometry changes what a flow vector means, so it is applied to flow as a vector field, not as an
+image: a resize by (sx, sy) scales (u, v) by (sx, sy), and a horizontal flip negates u (the
+authors' release forgets this; ../shared/MSCL.md, section 3). Resampling and colour come from
+torchvision (`resized_crop`, `hflip`, `ColorJitter`, `RandomGrayscale`, `GaussianBlur`); the crop box
+comes from torchvision's own `RandomResizedCrop.get_params`.
+
+torchvision's random transforms draw from the process-wide torch generator and take no generator of
+their own. `augment_view` therefore runs them in a forked RNG seeded by the caller, so a view's
+augmentation depends on its seed only: never on the worker, on what ran before, or on the caller's
+RNG, which is left untouched. The crop box and the flip are drawn first (the flip's number even when
+its probability is 0 or 1), so switching a transform on or off never moves a view's geometry.
+
+Layouts: RGB (T, 3, H, W) uint8 and flow (T, 2, H, W) float, time first as torchvision expects for
+video; the dataset moves channels first at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import RandomResizedCrop, v2
+from torchvision.transforms.v2 import functional as F
+
+from schemas.params import DatasetParams
+
+# FRA angles: b = (0.2 + 0.2k) * pi for k in 0..7 (36 to 288 degrees; never 0, so never the identity).
+FRA_ANGLES = tuple((0.2 + 0.2 * k) * math.pi for k in range(8))
+
+
+@dataclass(frozen=True)
+class ViewGeometry:
+    """Where a view's crop came from: box in input pixels and whether it was flipped."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flipped: bool
+
+
+def resized_crop(rgb: torch.Tensor, flow: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]):
+    """Crop `box` (top, left, height, width) out of RGB and flow and resize it to `size` (h, w).
+
+    The flow is resampled bilinearly like the RGB, and its vectors scaled by the resize factors:
+    out_w / width for u, out_h / height for v.
+    """
+    top, left, height, width = box
+    out_h, out_w = size
+    rgb = F.resized_crop(rgb, top, left, height, width, [out_h, out_w], antialias=True)
+    # Crop before leaving float16, so only the kept pixels are converted.
+    flow = flow[..., top : top + height, left : left + width].float()
+    flow = F.resize(flow, [out_h, out_w], antialias=True)
+    scale = torch.tensor([out_w / width, out_h / height], dtype=flow.dtype).view(1, 2, 1, 1)
+    return rgb, flow * scale
+
+
+def hflip(rgb: torch.Tensor, flow: torch.Tensor):
+    """Mirror left-right. A vector pointing right now points left: u is negated, v kept."""
+    flow = F.hflip(flow)
+    sign = torch.tensor([-1.0, 1.0], dtype=flow.dtype).view(1, 2, 1, 1)
+    return F.hflip(rgb), flow * sign
+
+
+def rotate_vectors(flow: torch.Tensor, angle: float) -> torch.Tensor:
+    """FRA: rotate every flow vector by `angle` radians (the map itself stays where it is):
+    u' = cos(b)u - sin(b)v, v' = sin(b)u + cos(b)v. Flow (..., 2, H, W)."""
+    c, s = math.cos(angle), math.sin(angle)
+    u, v = flow.unbind(-3)
+    return torch.stack([c * u - s * v, s * u + c * v], dim=-3)
+
+
+def normalise_flow(flow: torch.Tensor, mode: str, bound: float = 20.0) -> torch.Tensor:
+    """max_magnitude: each frame divided by its largest vector's length (the authors'), so every
+    frame's longest vector has length 1 and a still frame stays 0; fixed: divided by `bound` and
+    clipped to [-1, 1]; none: pixels of the output crop. Flow (T, 2, H, W)."""
+    if mode == "none":
+        return flow
+    if mode == "fixed":
+        return (flow / bound).clamp_(-1.0, 1.0)
+    if mode == "max_magnitude":
+        top = flow.square().sum(1).sqrt().amax(dim=(1, 2)).clamp_min(1e-6)
+        return flow / top.view(-1, 1, 1, 1)
+    raise ValueError(f"unknown flow normalisation {mode!r}; allowed: max_magnitude, fixed, none")
+
+
+class ViewAugment:
+    """One view's augmentation under `DatasetParams`: crop box, flip, colour (RGB only), flow scaling."""
+
+    def __init__(self, params: DatasetParams):
+        self.params = params
+        size = params.crop_size
+        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # about 10% of the crop, odd (MoCo v2 / SimCLR)
+        brightness, contrast, saturation, hue = params.color_jitter
+        self.colour = v2.Compose(
+            [
+                v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue)], p=params.color_jitter_p),
+                v2.RandomGrayscale(p=params.grayscale_p),
+                v2.RandomApply([v2.GaussianBlur(kernel, sigma=params.blur_sigma)], p=params.blur_p),
+            ]
+        )
+
+    def __call__(self, rgb: torch.Tensor, flow: torch.Tensor, seed: int):
+        """RGB (T, 3, H, W) uint8 and flow (T, 2, H, W) -> the augmented pair at the crop size, and
+        the geometry used. Depends only on the inputs and `seed`."""
+        p = self.params
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            box = RandomResizedCrop.get_params(rgb, list(p.crop_scale), list(p.crop_ratio))
+            flipped = bool(torch.rand(()) < p.flip)
+            rgb, flow = resized_crop(rgb, flow, box, (p.crop_size, p.crop_size))
+            if flipped:
+                rgb, flow = hflip(rgb, flow)
+            rgb = self.colour(rgb)
+        return rgb, normalise_flow(flow, p.flow_norm, p.flow_bound), ViewGeometry(*box, flipped)

@@ -1,0 +1,336 @@
+"""The streaming training dataset: MSCL's two views of a video, RGB and aligned flow, from the store.
+
+    index = ClipIndex.load("data/sample/clips.parquet", sampling=True)
+    dataset = MSCLClips(index, "data/store.zarr", flow_method="tvl1", params=DatasetParams())
+    loader = ClipLoader(dataset, batch_size=32, num_workers=4, pin_memory=True)
+    for epoch in range(dataset.epoch, epochs):     # a restored dataset starts at its saved epoch
+        for batch in loader:                       # resumes mid-epoch after load_state_dict
+            batch = to_device(batch, device)
+            ...
+            checkpoint["dataset"] = dataset.state_dict()
+
+An epoch is the list of clips the index allows for view 1 (the MDS-selected starts, or every valid
+start with sampling off), shuffled by (seed, epoch), padded or cut to a multiple of the world size
+and dealt to the ranks like `DistributedSampler` deals indices. Within a rank, positions are cut
+into blocks of one batch and the blocks dealt to DataLoader workers in turn; DataLoader collects
+batches from its workers in the same turn, so the rank sees the same sequence of batches whatever
+the number of workers. Each sample draws its randomness from (seed, epoch, item) alone.
+
+Reads are lazy: a sample reads its two clips' frames and flows (L strided frames each) from Zarr,
+which fetches whole chunks of a few frames; nothing else stays in memory between samples but the
+open arrays' metadata (a bounded cache). `store` may be a local path or any fsspec URL zarr opens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import zarr
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+
+from pipeline.augment import FRA_ANGLES, ViewAugment, rotate_vectors
+from schemas import store as layout
+from schemas.batch import SAMPLE, VIEWS
+from schemas.params import DatasetParams
+from schemas.tables import CLIP_INDEX
+
+# torchvision's video models (r3d_18 and others) were trained on Kinetics-400 with these.
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+def _read_parquet(path: str | Path):
+    if "://" in str(path):
+        import fsspec
+
+        with fsspec.open(str(path), "rb") as handle:
+            return pq.read_table(handle)
+    return pq.read_table(path)
+
+
+@dataclass(frozen=True)
+class ClipIndex:
+    """The clips view 1 may start at, and per video the starts view 2 may snap to."""
+
+    video_ids: np.ndarray  # (N,) str: view 1's video, sorted by (video_id, start)
+    starts: np.ndarray  # (N,) int64: view 1's start
+    allowed: dict[str, np.ndarray]  # video_id -> sorted starts allowed for either view
+    clip_len: int
+    stride: int
+    source: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path, *, sampling: bool = True) -> "ClipIndex":
+        """From the sample stage's clips.parquet: the selected clips, or with `sampling` off every
+        clip whose frames all exist (the index lists every candidate start)."""
+        try:
+            table = _read_parquet(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no clip index; run the sample stage (python cli.py sample)") from None
+        missing = set(CLIP_INDEX.names) - set(table.column_names)
+        if missing:
+            raise ValueError(f"{path}: not a clip index, columns {sorted(missing)} are missing")
+        frame = table.select(["video_id", "start", "clip_len", "stride", "selected"]).to_pandas()
+        if frame.empty:
+            raise ValueError(f"{path}: the clip index is empty (every video was shorter than one clip, or none was sampled)")
+        shapes = frame[["clip_len", "stride"]].drop_duplicates()
+        if len(shapes) != 1:
+            raise ValueError(f"{path}: clips of several shapes {shapes.values.tolist()}; an index has one clip_len and stride")
+        if sampling:
+            frame = frame[frame.selected]
+            if frame.empty:
+                raise ValueError(f"{path}: no clip is selected; lower sample.threshold or set dataset.sampling: false")
+        frame = frame.sort_values(["video_id", "start"], kind="stable")
+        allowed = {vid: group.start.to_numpy(np.int64) for vid, group in frame.groupby("video_id", sort=True)}
+        return cls(
+            frame.video_id.to_numpy(dtype=object), frame.start.to_numpy(np.int64), allowed,
+            int(shapes.clip_len.iloc[0]), int(shapes.stride.iloc[0]), str(path),
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def snap(self, video_id: str, target: int) -> int:
+        """The allowed start of `video_id` nearest to `target` (ties: the earlier one)."""
+        allowed = self.allowed[video_id]
+        i = int(np.searchsorted(allowed, target))
+        if i == 0:
+            return int(allowed[0])
+        if i == len(allowed):
+            return int(allowed[-1])
+        before, after = int(allowed[i - 1]), int(allowed[i])
+        return before if target - before <= after - target else after
+
+
+def _dist_rank_and_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None or world_size is not None:
+        if rank is None or world_size is None:
+            raise ValueError("give both rank and world_size, or neither (then torch.distributed decides)")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of size {world_size}")
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class MSCLClips(IterableDataset):
+    """Yields one MSCL sample per view-1 clip of the epoch; see schemas/batch.py for its keys."""
+
+    OPEN_ARRAYS = 64  # per process; an open array holds metadata only, never frames
+
+    def __init__(
+        self,
+        index: ClipIndex | str | Path,
+        store: str | Path,
+        flow_method: str,
+        params: DatasetParams = DatasetParams(),
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        self.index = index if isinstance(index, ClipIndex) else ClipIndex.load(index, sampling=params.sampling)
+        self.store = str(store).rstrip("/")
+        self.flow_method = flow_method
+        self.params = params
+        self.rank, self.world_size = _dist_rank_and_size(rank, world_size)
+        if params.drop_last and len(self.index) < self.world_size:
+            raise ValueError(f"{len(self.index)} clips cannot fill {self.world_size} ranks with drop_last; set dataset.drop_last: false")
+        self.augment = ViewAugment(params)
+        self.epoch = 0
+        self.position = 0  # samples of this epoch already consumed on this rank
+        self.block = 1  # samples per worker turn; ClipLoader sets it to the batch size
+        self._arrays: OrderedDict[tuple[str, str], zarr.Array] = OrderedDict()
+
+    # -- the epoch plan -------------------------------------------------------------------------
+
+    @property
+    def epoch_length(self) -> int:
+        """Samples per epoch on every rank (the same on all)."""
+        n, world = len(self.index), self.world_size
+        return n // world if self.params.drop_last else math.ceil(n / world)
+
+    def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's epoch: the item (row of the index) at each position, and which are repeats."""
+        n = len(self.index)
+        order = np.random.default_rng([self.params.seed, epoch]).permutation(n) if self.params.shuffle else np.arange(n)
+        total = self.epoch_length * self.world_size
+        padding = np.zeros(total, bool)
+        if total > n:
+            order = np.concatenate([order, order[np.arange(total - n) % n]])
+            padding[n:] = True
+        return order[: total][self.rank :: self.world_size], padding[self.rank :: self.world_size]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning (unless it is the current one: then keep the position)."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def advance(self, samples: int) -> None:
+        """Count `samples` as consumed; ClipLoader calls this for every batch it hands out."""
+        self.position = min(self.position + samples, self.epoch_length)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "position": self.position, "seed": self.params.seed, "rank": self.rank,
+            "world_size": self.world_size, "num_clips": len(self.index),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the saved run stopped. The world size, the seed and the index must
+        be the ones it ran with, or the saved position would point into a different sequence."""
+        for key, mine in (("world_size", self.world_size), ("seed", self.params.seed), ("num_clips", len(self.index))):
+            if state[key] != mine:
+                raise ValueError(f"cannot resume: the saved dataset state has {key}={state[key]}, this run has {mine}")
+        if not 0 <= state["position"] <= self.epoch_length:
+            raise ValueError(f"cannot resume: position {state['position']} is outside an epoch of {self.epoch_length}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def __len__(self) -> int:
+        """Samples the next pass yields on this rank (the rest of the current epoch)."""
+        return self.epoch_length - self.position
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        items, padding = self.plan(self.epoch)
+        positions = np.arange(self.position, len(items))
+        worker = get_worker_info()
+        if worker is not None:
+            turn = (positions - self.position) // self.block % worker.num_workers
+            positions = positions[turn == worker.id]
+        for position in positions:
+            yield self.sample(int(items[position]), int(position), bool(padding[position]))
+
+    # -- one sample -----------------------------------------------------------------------------
+
+    def sample(self, item: int, position: int = 0, padding: bool = False) -> dict[str, Any]:
+        """The sample of view-1 clip `item` in the current epoch (a pure function of seed, epoch,
+        item and whether it is a repeat)."""
+        p = self.params
+        rng = np.random.default_rng([p.seed, self.epoch, item, int(padding)])
+        video_id, start1 = str(self.index.video_ids[item]), int(self.index.starts[item])
+        start2 = self.index.snap(video_id, start1 + int(rng.integers(-p.view2_window, p.view2_window + 1)))
+        angle = FRA_ANGLES[int(rng.integers(len(FRA_ANGLES)))]
+        view_seeds = rng.integers(0, 2**63 - 1, size=VIEWS)
+        rgbs, flows, crops, flips = [], [], [], []
+        for start, seed in zip((start1, start2), view_seeds, strict=True):
+            rgb, flow = self.read(video_id, start)
+            rgb, flow, geometry = self.augment(rgb, flow, int(seed))
+            rgbs.append(rgb.permute(1, 0, 2, 3))  # (T, C, H, W) -> (C, T, H, W)
+            flows.append(flow.permute(1, 0, 2, 3))
+            crops.append((geometry.top, geometry.left, geometry.height, geometry.width))
+            flips.append(geometry.flipped)
+        flow = torch.stack(flows)
+        sample = {
+            "rgb": torch.stack(rgbs).contiguous(),
+            "flow": flow.to(torch.float16).contiguous(),
+            "angle": torch.tensor(angle, dtype=torch.float32),
+            "start": torch.tensor([start1, start2], dtype=torch.int64),
+            "crop": torch.tensor(crops, dtype=torch.int64),
+            "flip": torch.tensor(flips),
+            "video_id": video_id,
+            "item": torch.tensor(item),
+            "position": torch.tensor(position),
+            "padding": torch.tensor(padding),
+        }
+        if p.rotation:  # vectors live on axis 1 of (V, 2, T, H, W)
+            sample["flow_rot"] = rotate_vectors(flow.transpose(1, 2), angle).transpose(1, 2).to(torch.float16).contiguous()
+        assert set(sample) <= set(SAMPLE), set(sample) - set(SAMPLE)
+        return sample
+
+    def read(self, video_id: str, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clip at `start`: frames and flows start + j*stride, j < clip_len, as RGB (T, 3, H, W)
+        uint8 and flow (T, 2, H, W) float16, exactly as stored."""
+        frames = self._array(layout.FRAMES_GROUP, video_id)
+        flows = self._array(layout.flow_group(self.flow_method), video_id)
+        span = slice(start, start + (self.index.clip_len - 1) * self.index.stride + 1, self.index.stride)
+        if span.stop > flows.shape[0]:
+            raise IndexError(
+                f"clip at {start} of video {video_id!r} needs flow {span.stop - 1}, the store has {flows.shape[0]} "
+                f"flows: the clip index is out of date with the store; re-run the sample stage"
+            )
+        rgb = torch.from_numpy(np.ascontiguousarray(frames[span])).permute(0, 3, 1, 2)
+        flow = torch.from_numpy(np.ascontiguousarray(flows[span])).permute(0, 3, 1, 2)
+        return rgb, flow
+
+    def _array(self, group: str, video_id: str) -> zarr.Array:
+        key = (group, video_id)
+        if key in self._arrays:
+            self._arrays.move_to_end(key)
+            return self._arrays[key]
+        url = f"{self.store}/{group}/{video_id}"
+        try:
+            array = zarr.open_array(store=url, mode="r", zarr_format=3)
+        except FileNotFoundError:
+            stage = "decode" if group == layout.FRAMES_GROUP else "flow (python cli.py extract-flow)"
+            raise FileNotFoundError(f"{url}: no such array for video {video_id!r}; run the {stage} stage") from None
+        self._arrays[key] = array
+        if len(self._arrays) > self.OPEN_ARRAYS:
+            self._arrays.popitem(last=False)
+        return array
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers open their own arrays: zarr handles hold an event loop's resources.
+        state = self.__dict__.copy()
+        state["_arrays"] = OrderedDict()
+        return state
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch sample dicts: tensors stacked on a new first axis (dtypes kept, so uint8 and float16
+    travel as such; in a worker the stacked tensor is in shared memory, ready to pin), ids listed."""
+    return default_collate(samples)
+
+
+class ClipLoader:
+    """A DataLoader over an MSCLClips that keeps the dataset's resume point exact.
+
+    Every batch it hands out advances the dataset's position, so `dataset.state_dict()` after a step
+    says what the next batch is, whatever is still prefetched in the workers. One pass over the
+    loader is the rest of the current epoch; after a full pass the dataset moves to the next epoch.
+    """
+
+    def __init__(self, dataset: MSCLClips, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False, **kwargs):
+        dataset.block = batch_size
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate, **kwargs
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        epoch = self.dataset.epoch
+        for batch in self.loader:
+            self.dataset.advance(len(batch["position"]))
+            yield batch
+        if self.dataset.epoch == epoch and self.dataset.position >= self.dataset.epoch_length:
+            self.dataset.set_epoch(epoch + 1)
+
+
+def to_device(batch: dict[str, Any], device: torch.device | str, *, mean=KINETICS_MEAN, std=KINETICS_STD) -> dict[str, Any]:
+    """Move a batch to `device` and only there make it float: RGB to (x/255 - mean)/std, flow to
+    float32. Other tensors move as they are; non-tensors are kept."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if not torch.is_tensor(value):
+            out[key] = value
+            continue
+        value = value.to(device, non_blocking=True)
+        if key == "rgb":
+            shape = (1,) * (value.dim() - 4) + (3, 1, 1, 1)
+            m = torch.tensor(mean, device=value.device).view(shape)
+            s = torch.tensor(std, device=value.device).view(shape)
+            value = (value.float() / 255.0 - m) / s
+        elif key in ("flow", "flow_rot"):
+            value = value.float()
+        out[key] = value
+    return out

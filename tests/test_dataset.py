@@ -1,0 +1,302 @@
+"""The streaming dataset on the fixture and a small demo: exactly-once sharding over ranks and
+workers, determinism, mid-epoch resume, view-2 snapping, and flow that stays true to the RGB through
+every augmentation (checked against the stored arrays and against ground truth)."""
+
+import math
+import socket
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from pipeline import synth
+from pipeline.augment import FRA_ANGLES, rotate_vectors
+from pipeline.dataset import ClipIndex, ClipLoader, MSCLClips, to_device
+from pipeline.store import open_flow, open_frames
+from pipeline.tables import read_table
+from schemas.batch import SAMPLE
+from schemas.params import DatasetParams, SampleParams
+from stages import sample as sample_stage
+
+# Small crops and no colour work: these tests are about which pixels and vectors arrive, not speed.
+FAST = DatasetParams(crop_size=24, color_jitter_p=0, grayscale_p=0, blur_p=0)
+EXACT = FAST.model_copy(update={"flow_norm": "none"})
+
+
+@pytest.fixture(scope="module")
+def fixture_index(fixture_flowed, tmp_path_factory):
+    """The fixture's clip index (default sample params: 25 selected clips of 8 frames, stride 4)."""
+    out = tmp_path_factory.mktemp("index")
+    sample_stage.run(SampleParams(), fixture_flowed / "flow", fixture_flowed / "store.zarr", out, scheduler="sync")
+    return out / "clips.parquet"
+
+
+@pytest.fixture(scope="module")
+def store(fixture_flowed):
+    return fixture_flowed / "store.zarr"
+
+
+def make(index, store, params=FAST, **kwargs):
+    return MSCLClips(index, store, "dis", params, **kwargs)
+
+
+def video_id(fixture_flowed, relpath):
+    rows = read_table(fixture_flowed / "flow" / "videos.parquet").to_pylist()
+    return next(r["video_id"] for r in rows if r["relpath"] == relpath)
+
+
+def run_epoch(dataset, batch_size=3, num_workers=0, batches=None):
+    out = []
+    for batch in ClipLoader(dataset, batch_size, num_workers=num_workers):
+        out.append(batch)
+        if batches is not None and len(out) == batches:
+            break
+    return out
+
+
+def same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert torch.equal(x[key], y[key]) if torch.is_tensor(x[key]) else x[key] == y[key], key
+
+
+# -- the index --------------------------------------------------------------------------------
+
+
+def test_index_holds_selected_clips_or_every_candidate(fixture_index):
+    selected = ClipIndex.load(fixture_index, sampling=True)
+    every = ClipIndex.load(fixture_index, sampling=False)
+    table = read_table(fixture_index).to_pandas()
+    assert len(selected) == int(table.selected.sum()) == 25 and len(every) == len(table)
+    assert (selected.clip_len, selected.stride) == (8, 4)
+    for vid, starts in selected.allowed.items():
+        assert list(starts) == sorted(table.start[(table.video_id == vid) & table.selected])
+
+
+def test_snap_goes_to_the_nearest_allowed_start_ties_to_the_earlier():
+    index = ClipIndex(np.array(["v"] * 3, dtype=object), np.array([2, 5, 9]), {"v": np.array([2, 5, 9])}, 8, 4)
+    assert [index.snap("v", t) for t in (-10, 0, 3, 4, 7, 8, 100)] == [2, 2, 2, 5, 5, 9, 9]
+
+
+def test_bad_indexes_are_named(tmp_path, fixture_index, store):
+    with pytest.raises(FileNotFoundError, match="missing.parquet.*sample stage"):
+        ClipIndex.load(tmp_path / "missing.parquet")
+    table = read_table(fixture_index).to_pandas()
+    table["selected"] = False
+    table.to_parquet(tmp_path / "none.parquet")
+    with pytest.raises(ValueError, match="no clip is selected.*dataset.sampling: false"):
+        ClipIndex.load(tmp_path / "none.parquet")
+    assert len(ClipIndex.load(tmp_path / "none.parquet", sampling=False)) == len(table)
+    with pytest.raises(FileNotFoundError, match="no such array.*extract-flow"):
+        MSCLClips(fixture_index, store, "raft_small", FAST).sample(0)
+
+
+# -- sharding, determinism, resume ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_every_clip_exactly_once_over_two_ranks_and_two_workers(fixture_index, store, drop_last):
+    params = FAST.model_copy(update={"drop_last": drop_last})
+    n = len(ClipIndex.load(fixture_index))
+    seen, lengths = [], []
+    for rank in range(2):
+        dataset = make(fixture_index, store, params, rank=rank, world_size=2)
+        batches = run_epoch(dataset, batch_size=3, num_workers=2)
+        positions = torch.cat([b["position"] for b in batches]).tolist()
+        assert positions == list(range(dataset.epoch_length))  # in order, whatever the workers
+        lengths.append(len(positions))
+        items, padding = torch.cat([b["item"] for b in batches]), torch.cat([b["padding"] for b in batches])
+        seen += items[~padding].tolist()
+        assert dataset.state_dict()["epoch"] == 1 and dataset.position == 0  # a full pass moves to the next epoch
+    assert lengths[0] == lengths[1] == (n // 2 if drop_last else math.ceil(n / 2))
+    if drop_last:
+        assert len(seen) == len(set(seen)) == 2 * (n // 2)
+    else:
+        assert sorted(seen) == list(range(n))  # n = 25: one flagged repeat pads rank 1
+
+
+def test_torch_distributed_decides_the_rank_when_not_given(fixture_index, store):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        dataset = make(fixture_index, store)
+        assert (dataset.rank, dataset.world_size) == (0, 1)
+    finally:
+        torch.distributed.destroy_process_group()
+    with pytest.raises(ValueError, match="outside"):
+        make(fixture_index, store, rank=2, world_size=2)
+
+
+def test_same_seed_and_epoch_give_the_same_batches_whatever_the_workers(fixture_index, store):
+    params = FAST.model_copy(update={"color_jitter_p": 0.8, "blur_p": 0.5})  # random colour too
+    in_process = run_epoch(make(fixture_index, store, params), batch_size=4, num_workers=0)
+    two_workers = run_epoch(make(fixture_index, store, params), batch_size=4, num_workers=2)
+    same_batches(in_process, two_workers)
+    # Another epoch: another order and other augmentations of the same clips.
+    later = make(fixture_index, store, params)
+    later.set_epoch(1)
+    next_epoch = run_epoch(later, batch_size=4)
+    order = lambda batches: torch.cat([b["item"] for b in batches]).tolist()  # noqa: E731
+    assert order(next_epoch) != order(in_process) and sorted(order(next_epoch)) == sorted(order(in_process))
+    reseeded = run_epoch(make(fixture_index, store, params.model_copy(update={"seed": 1})), batch_size=4)
+    assert order(reseeded) != order(in_process)
+
+
+def test_resume_mid_epoch_gives_the_remaining_sequence(fixture_index, store):
+    reference = run_epoch(make(fixture_index, store), batch_size=4, num_workers=2)
+    first = make(fixture_index, store)
+    head = run_epoch(first, batch_size=4, num_workers=2, batches=3)  # stops with batches still prefetched
+    state = first.state_dict()
+    assert state["position"] == 12 and state["epoch"] == 0
+    resumed = make(fixture_index, store)
+    resumed.load_state_dict(state)
+    tail = run_epoch(resumed, batch_size=4, num_workers=2)
+    same_batches(head, reference[:3])
+    same_batches(tail, reference[3:])
+    with pytest.raises(ValueError, match="world_size=1.*this run has 2"):
+        make(fixture_index, store, rank=0, world_size=2).load_state_dict(state)
+
+
+# -- what a sample holds ----------------------------------------------------------------------
+
+
+def test_sample_keys_dtypes_and_shapes(fixture_index, store):
+    sample = make(fixture_index, store, DatasetParams(crop_size=32)).sample(3)
+    assert set(sample) == set(SAMPLE)
+    for key, (dtype, _, _) in SAMPLE.items():
+        if dtype != "str":
+            assert str(sample[key].dtype) == f"torch.{dtype}", key
+    assert sample["rgb"].shape == (2, 3, 8, 32, 32)
+    assert sample["flow"].shape == sample["flow_rot"].shape == (2, 2, 8, 32, 32)
+    norms = sample["flow"].float().norm(dim=1).amax(dim=(-1, -2))  # per view and frame
+    assert ((norms <= 1.001) & ((norms > 0.999) | (norms == 0))).all()  # max_magnitude: each frame's longest is 1
+    assert "flow_rot" not in make(fixture_index, store, FAST.model_copy(update={"rotation": False})).sample(3)
+
+
+def test_view_two_snaps_to_an_allowed_start_within_the_window(fixture_index, store):
+    for sampling in (True, False):
+        params = FAST.model_copy(update={"view2_window": 8, "sampling": sampling})
+        dataset = make(fixture_index, store, params)
+        index = dataset.index
+        moved = 0
+        for item in range(len(index)):
+            sample = dataset.sample(item)
+            s1, s2 = sample["start"].tolist()
+            assert s1 == index.starts[item] and s2 in index.allowed[sample["video_id"]]
+            assert s2 in {index.snap(sample["video_id"], s1 + d) for d in range(-8, 9)}
+            moved += s2 != s1
+        assert moved > len(index) // 3
+    still = make(fixture_index, store, FAST.model_copy(update={"view2_window": 0}))
+    assert all(still.sample(i)["start"][0] == still.sample(i)["start"][1] for i in range(len(still.index)))
+
+
+def test_views_are_the_stored_frames_and_flows_at_start_plus_j_stride(fixture_index, fixture_flowed, store):
+    """Undo nothing, redo everything: the stored clip, cropped, resized and flipped as the sample
+    says, is exactly the sample's RGB, and its flow scaled and u-negated is the sample's flow."""
+    dataset = make(fixture_index, store, EXACT.model_copy(update={"flip": 0.5}))
+    flips = set()
+    for item in range(0, len(dataset.index), 3):
+        sample = dataset.sample(item)
+        vid = sample["video_id"]
+        frames, flows = open_frames(store, vid), open_flow(store, "dis", vid)
+        for view in range(2):
+            start = int(sample["start"][view])
+            top, left, h, w = sample["crop"][view].tolist()
+            idx = [start + 4 * j for j in range(8)]
+            rgb = F.resized_crop(torch.from_numpy(frames.oindex[idx]).permute(0, 3, 1, 2), top, left, h, w, [24, 24], antialias=True)
+            flow = torch.from_numpy(flows.oindex[idx]).permute(0, 3, 1, 2)[..., top : top + h, left : left + w].float()
+            flow = F.resize(flow, [24, 24], antialias=True) * torch.tensor([24 / w, 24 / h]).view(1, 2, 1, 1)
+            if sample["flip"][view]:
+                rgb, flow = rgb.flip(-1), flow.flip(-1) * torch.tensor([-1.0, 1.0]).view(1, 2, 1, 1)
+            flips.add(bool(sample["flip"][view]))
+            assert torch.equal(sample["rgb"][view], rgb.permute(1, 0, 2, 3))
+            assert torch.allclose(sample["flow"][view].float(), flow.permute(1, 0, 2, 3), atol=2e-3, rtol=1e-3)
+    assert flips == {True, False}
+
+
+def warp_error(frame_a, frame_b, flow, margin=6):
+    """Mean |frame_a - frame_b sampled at x + flow|: small when flow moves frame a onto frame b."""
+    h, w = flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    warped = cv2.remap(frame_b, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR)
+    return float(np.abs(warped.astype(np.float32) - frame_a.astype(np.float32))[margin:-margin, margin:-margin].mean())
+
+
+def test_augmented_flow_still_moves_each_augmented_frame_onto_the_next(fixture_flowed, store):
+    """With stride 1 a view holds consecutive frames, so flow j must carry RGB frame j to RGB frame
+    j+1 after crop, resize and flip; with u not negated, or the flow of another pair, it must not."""
+    vid = video_id(fixture_flowed, "object_on_pan.mp4")
+    index = ClipIndex(np.array([vid], dtype=object), np.array([4]), {vid: np.array([4])}, clip_len=6, stride=1)
+    params = EXACT.model_copy(update={"crop_size": 96, "crop_scale": (0.6, 0.6), "flip": 1.0, "view2_window": 0})
+    sample = MSCLClips(index, store, "dis", params).sample(0)
+    assert sample["flip"].all()
+    rgb = sample["rgb"][0].permute(1, 2, 3, 0).numpy()  # (T, H, W, 3)
+    flow = sample["flow"][0].permute(1, 2, 3, 0).float().numpy()  # (T, H, W, 2)
+    for j in range(5):
+        right = warp_error(rgb[j], rgb[j + 1], flow[j])
+        unflipped_u = warp_error(rgb[j], rgb[j + 1], flow[j] * np.array([-1.0, 1.0], np.float32))
+        still = warp_error(rgb[j], rgb[j + 1], np.zeros_like(flow[j]))
+        assert right < 0.6 * still and right < 0.6 * unflipped_u, (j, right, unflipped_u, still)
+
+
+def test_crop_and_resize_scale_flow_as_the_ground_truth_says(fixture_flowed, fixture_dir, store):
+    """A tall crop resized to a square stretches x and y differently: the flow must follow the
+    ground truth's motion transformed the same way (an independent cv2 crop and resize of it)."""
+    vid = video_id(fixture_flowed, "global_pan.avi")
+    truth = synth.SceneTruth.load(fixture_dir / "global_pan.avi.truth.json")
+    scale = open_frames(store, vid).attrs["scale"]
+    index = ClipIndex(np.array([vid], dtype=object), np.array([2]), {vid: np.array([2])}, clip_len=8, stride=4)
+    params = EXACT.model_copy(update={"crop_size": 48, "crop_scale": (0.3, 0.3), "crop_ratio": (0.5, 0.5), "flip": 0.0})
+    sample = MSCLClips(index, store, "dis", params).sample(0)
+    top, left, h, w = sample["crop"][0].tolist()
+    assert w / h == pytest.approx(0.5, rel=0.05)  # resize factors 48/w and 48/h differ by 2x
+    for j in range(8):
+        gt, valid = synth.truth_flow(truth, 2 + 4 * j, scale)
+        gt = cv2.resize(gt[top : top + h, left : left + w], (48, 48), interpolation=cv2.INTER_AREA) * np.array([48 / w, 48 / h], np.float32)
+        got = sample["flow"][0][:, j].float().numpy()
+        assert np.median(got[0]) == pytest.approx(np.median(gt[..., 0]), abs=0.08)
+        assert np.median(got[1]) == pytest.approx(np.median(gt[..., 1]), abs=0.08)
+    assert abs(np.median(gt[..., 0]) / np.median(gt[..., 1])) > 3  # x stretched 4x as much as y relative to the source ratio
+
+
+def test_rotated_flow_is_the_flow_turned_by_the_sample_angle(fixture_index, store):
+    dataset = make(fixture_index, store, FAST)
+    angles = set()
+    for item in range(len(dataset.index)):
+        sample = dataset.sample(item)
+        angle = float(sample["angle"])
+        assert any(angle == pytest.approx(a) for a in FRA_ANGLES)
+        angles.add(round(angle, 4))
+        flow, rotated = sample["flow"].float(), sample["flow_rot"].float()
+        assert torch.allclose(rotated, rotate_vectors(flow.transpose(1, 2), angle).transpose(1, 2), atol=2e-3)
+        assert torch.allclose(rotated.norm(dim=1), flow.norm(dim=1), atol=2e-3)
+    assert len(angles) >= 5
+
+
+# -- real loading -----------------------------------------------------------------------------
+
+
+def test_dataloader_with_two_workers_runs_a_full_epoch_on_the_demo(demo_sampled):
+    dataset = MSCLClips(demo_sampled / "sample" / "clips.parquet", demo_sampled / "store.zarr", "dis", DatasetParams(crop_size=64))
+    batches = run_epoch(dataset, batch_size=8, num_workers=2)
+    items = torch.cat([b["item"] for b in batches]).tolist()
+    assert sorted(items) == list(range(len(dataset.index))) and len(dataset.index) > 40
+    assert {vid for b in batches for vid in b["video_id"]} == set(dataset.index.allowed)  # every video
+    for batch in batches:
+        assert batch["rgb"].dtype == torch.uint8 and batch["rgb"].shape[1:] == (2, 3, 8, 64, 64)
+        assert torch.isfinite(batch["flow"].float()).all() and torch.isfinite(batch["flow_rot"].float()).all()
+    moved = to_device(batches[0], "cpu")
+    assert moved["rgb"].dtype == torch.float32 and moved["flow"].dtype == torch.float32
+    assert -3 < moved["rgb"].mean() < 3 and moved["video_id"] == batches[0]["video_id"]
+
+
+def test_store_through_an_fsspec_url_gives_the_same_batches(fixture_index, store):
+    local = run_epoch(make(fixture_index, store), batch_size=4, num_workers=2, batches=2)
+    url = run_epoch(make(fixture_index, f"file://{store}"), batch_size=4, num_workers=2, batches=2)
+    same_batches(local, url)
