@@ -103,16 +103,21 @@ class ViewAugment:
             ]
         )
 
-    def __call__(self, rgb: torch.Tensor, flow: torch.Tensor, seed: int):
-        """RGB (T, 3, H, W) uint8 and flow (T, 2, H, W) -> the augmented pair at the crop size, and
-        the geometry used. Depends only on the inputs and `seed`."""
+    def __call__(self, rgb: torch.Tensor, flow: torch.Tensor | None, seed: int):
+        """RGB (T, 3, H, W) uint8 and flow (T, 2, H, W) or None -> the augmented pair at the crop
+        size, and the geometry used. Depends only on the inputs and `seed`."""
         p = self.params
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             box = RandomResizedCrop.get_params(rgb, list(p.crop_scale), list(p.crop_ratio))
             flipped = bool(torch.rand(()) < p.flip)
-            rgb, flow = resized_crop(rgb, flow, box, (p.crop_size, p.crop_size))
-            if flipped:
-                rgb, flow = hflip(rgb, flow)
+            if flow is None:  # RGB only: the same geometry as if there were flow
+                rgb = F.resized_crop(rgb, *box, [p.crop_size, p.crop_size], antialias=True)
+                rgb = F.hflip(rgb) if flipped else rgb
+            else:
+                rgb, flow = resized_crop(rgb, flow, box, (p.crop_size, p.crop_size))
+                if flipped:
+                    rgb, flow = hflip(rgb, flow)
+                flow = normalise_flow(flow, p.flow_norm, p.flow_bound)
             rgb = self.colour(rgb)
-        return rgb, normalise_flow(flow, p.flow_norm, p.flow_bound), ViewGeometry(*box, flipped)
+        return rgb, flow, ViewGeometry(*box, flipped)

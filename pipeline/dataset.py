@@ -23,7 +23,9 @@ open arrays' metadata (a bounded cache). `store` may be a local path or any fssp
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +137,9 @@ class MSCLClips(IterableDataset):
         *,
         rank: int | None = None,
         world_size: int | None = None,
+        with_flow: bool = True,
     ):
+        self.with_flow = with_flow  # False: RGB only (the RGB-only baseline reads no flow at all)
         self.index = index if isinstance(index, ClipIndex) else ClipIndex.load(index, sampling=params.sampling)
         self.store = str(store).rstrip("/")
         self.flow_method = flow_method
@@ -148,6 +152,8 @@ class MSCLClips(IterableDataset):
         self.position = 0  # samples of this epoch already consumed on this rank
         self.block = 1  # samples per worker turn; ClipLoader sets it to the batch size
         self._arrays: OrderedDict[tuple[str, str], zarr.Array] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # whole arrays, up to cache_mb
+        self._cache_bytes = 0
 
     # -- the epoch plan -------------------------------------------------------------------------
 
@@ -213,23 +219,18 @@ class MSCLClips(IterableDataset):
         """The sample of view-1 clip `item` in the current epoch (a pure function of seed, epoch,
         item and whether it is a repeat)."""
         p = self.params
-        rng = np.random.default_rng([p.seed, self.epoch, item, int(padding)])
-        video_id, start1 = str(self.index.video_ids[item]), int(self.index.starts[item])
-        start2 = self.index.snap(video_id, start1 + int(rng.integers(-p.view2_window, p.view2_window + 1)))
-        angle = FRA_ANGLES[int(rng.integers(len(FRA_ANGLES)))]
-        view_seeds = rng.integers(0, 2**63 - 1, size=VIEWS)
+        video_id, (start1, start2), angle, view_seeds = self.draw(item, padding)
         rgbs, flows, crops, flips = [], [], [], []
         for start, seed in zip((start1, start2), view_seeds, strict=True):
             rgb, flow = self.read(video_id, start)
-            rgb, flow, geometry = self.augment(rgb, flow, int(seed))
+            rgb, flow, geometry = self.augment(rgb, flow, seed)
             rgbs.append(rgb.permute(1, 0, 2, 3))  # (T, C, H, W) -> (C, T, H, W)
-            flows.append(flow.permute(1, 0, 2, 3))
+            if flow is not None:
+                flows.append(flow.permute(1, 0, 2, 3))
             crops.append((geometry.top, geometry.left, geometry.height, geometry.width))
             flips.append(geometry.flipped)
-        flow = torch.stack(flows)
         sample = {
             "rgb": torch.stack(rgbs).contiguous(),
-            "flow": flow.to(torch.float16).contiguous(),
             "angle": torch.tensor(angle, dtype=torch.float32),
             "start": torch.tensor([start1, start2], dtype=torch.int64),
             "crop": torch.tensor(crops, dtype=torch.int64),
@@ -239,25 +240,58 @@ class MSCLClips(IterableDataset):
             "position": torch.tensor(position),
             "padding": torch.tensor(padding),
         }
-        if p.rotation:  # vectors live on axis 1 of (V, 2, T, H, W)
+        if self.with_flow:
+            flow = torch.stack(flows)
+            sample["flow"] = flow.to(torch.float16).contiguous()
+        if self.with_flow and p.rotation:  # vectors live on axis 1 of (V, 2, T, H, W)
             sample["flow_rot"] = rotate_vectors(flow.transpose(1, 2), angle).transpose(1, 2).to(torch.float16).contiguous()
         assert set(sample) <= set(SAMPLE), set(sample) - set(SAMPLE)
         return sample
 
-    def read(self, video_id: str, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, item: int, padding: bool = False) -> tuple[str, tuple[int, int], float, list[int]]:
+        """The random choices of a sample: its video, the two views' starts, the FRA angle, and a
+        seed for each view's augmentation. From (seed, epoch, item, repeat) alone."""
+        p = self.params
+        rng = np.random.default_rng([p.seed, self.epoch, item, int(padding)])
+        video_id, start1 = str(self.index.video_ids[item]), int(self.index.starts[item])
+        start2 = self.index.snap(video_id, start1 + int(rng.integers(-p.view2_window, p.view2_window + 1)))
+        angle = FRA_ANGLES[int(rng.integers(len(FRA_ANGLES)))]
+        return video_id, (start1, start2), angle, [int(x) for x in rng.integers(0, 2**63 - 1, size=VIEWS)]
+
+    def read(self, video_id: str, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The clip at `start`: frames and flows start + j*stride, j < clip_len, as RGB (T, 3, H, W)
-        uint8 and flow (T, 2, H, W) float16, exactly as stored."""
-        frames = self._array(layout.FRAMES_GROUP, video_id)
-        flows = self._array(layout.flow_group(self.flow_method), video_id)
+        uint8 and flow (T, 2, H, W) float16 (None without flow), exactly as stored."""
         span = slice(start, start + (self.index.clip_len - 1) * self.index.stride + 1, self.index.stride)
-        if span.stop > flows.shape[0]:
+        rgb = torch.from_numpy(np.ascontiguousarray(self._read(layout.FRAMES_GROUP, video_id, span))).permute(0, 3, 1, 2)
+        if not self.with_flow:
+            return rgb, None
+        flow = self._read(layout.flow_group(self.flow_method), video_id, span)
+        if len(flow) < len(rgb):
             raise IndexError(
-                f"clip at {start} of video {video_id!r} needs flow {span.stop - 1}, the store has {flows.shape[0]} "
+                f"clip at {start} of video {video_id!r} needs flow {span.stop - 1}, the store has fewer "
                 f"flows: the clip index is out of date with the store; re-run the sample stage"
             )
-        rgb = torch.from_numpy(np.ascontiguousarray(frames[span])).permute(0, 3, 1, 2)
-        flow = torch.from_numpy(np.ascontiguousarray(flows[span])).permute(0, 3, 1, 2)
-        return rgb, flow
+        return rgb, torch.from_numpy(np.ascontiguousarray(flow)).permute(0, 3, 1, 2)
+
+    def _read(self, group: str, video_id: str, span: slice) -> np.ndarray:
+        """Frames `span` of an array: from the cache of whole arrays when `cache_mb` allows,
+        otherwise straight from the store (only the chunks the span touches)."""
+        key = (group, video_id)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key][span]
+        array = self._array(group, video_id)
+        budget = self.params.cache_mb * 2**20
+        size = int(np.prod(array.shape)) * array.dtype.itemsize
+        if size > budget:
+            return array[span]
+        whole = array[:]
+        self._cache[key] = whole
+        self._cache_bytes += whole.nbytes
+        while self._cache_bytes > budget:
+            _, dropped = self._cache.popitem(last=False)
+            self._cache_bytes -= dropped.nbytes
+        return whole[span]
 
     def _array(self, group: str, video_id: str) -> zarr.Array:
         key = (group, video_id)
@@ -279,6 +313,7 @@ class MSCLClips(IterableDataset):
         # Workers open their own arrays: zarr handles hold an event loop's resources.
         state = self.__dict__.copy()
         state["_arrays"] = OrderedDict()
+        state["_cache"], state["_cache_bytes"] = OrderedDict(), 0
         return state
 
 
@@ -296,12 +331,15 @@ class ClipLoader:
     loader is the rest of the current epoch; after a full pass the dataset moves to the next epoch.
     """
 
-    def __init__(self, dataset: MSCLClips, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False, **kwargs):
+    def __init__(self, dataset: MSCLClips, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
+                 worker_nice: int = 0, **kwargs):  # fmt: skip
         dataset.block = batch_size
         self.dataset = dataset
         self.batch_size = batch_size
+        init = functools.partial(_lower_priority, worker_nice) if worker_nice and num_workers else None
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate, **kwargs
+            dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate,
+            worker_init_fn=init, **kwargs,
         )  # fmt: skip
 
     def __len__(self) -> int:
@@ -314,6 +352,10 @@ class ClipLoader:
             yield batch
         if self.dataset.epoch == epoch and self.dataset.position >= self.dataset.epoch_length:
             self.dataset.set_epoch(epoch + 1)
+
+
+def _lower_priority(nice: int, worker_id: int) -> None:
+    os.nice(nice)
 
 
 def to_device(batch: dict[str, Any], device: torch.device | str, *, mean=KINETICS_MEAN, std=KINETICS_STD) -> dict[str, Any]:

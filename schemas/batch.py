@@ -13,8 +13,8 @@ VIEWS = 2
 # key: (dtype, shape, meaning)
 SAMPLE = {
     "rgb": ("uint8", "(V, 3, T, S, S)", "RGB clip of each view, channels first"),
-    "flow": ("float16", "(V, 2, T, S, S)", "flow of each view, aligned with its RGB: flow[:, j] moves frame j to the next frame"),
-    "flow_rot": ("float16", "(V, 2, T, S, S)", "the same flow with every vector rotated by `angle` (FRA); absent when dataset.rotation is off"),
+    "flow": ("float16", "(V, 2, T, S, S)", "flow of each view, aligned with its RGB: flow[:, j] moves frame j to the next frame; absent with with_flow=False"),
+    "flow_rot": ("float16", "(V, 2, T, S, S)", "the same flow with every vector rotated by `angle` (FRA); absent when dataset.rotation is off or without flow"),
     "angle": ("float32", "()", "FRA rotation, radians: (0.2 + 0.2k) * pi, one per sample"),
     "start": ("int64", "(V,)", "first frame of each view's clip in the stored video"),
     "crop": ("int64", "(V, 4)", "each view's crop box in stored pixels: top, left, height, width"),

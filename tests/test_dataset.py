@@ -300,3 +300,18 @@ def test_store_through_an_fsspec_url_gives_the_same_batches(fixture_index, store
     local = run_epoch(make(fixture_index, store), batch_size=4, num_workers=2, batches=2)
     url = run_epoch(make(fixture_index, f"file://{store}"), batch_size=4, num_workers=2, batches=2)
     same_batches(local, url)
+
+
+def test_the_video_cache_changes_nothing_but_speed_and_stays_in_budget(fixture_index, store):
+    plain = run_epoch(make(fixture_index, store), batch_size=4)
+    cached_dataset = make(fixture_index, store, FAST.model_copy(update={"cache_mb": 3}))
+    cached = run_epoch(cached_dataset, batch_size=4)
+    same_batches(plain, cached)
+    assert 0 < cached_dataset._cache_bytes <= 3 * 2**20  # bounded: older videos were dropped
+
+
+def test_rgb_only_reads_no_flow_and_keeps_the_same_rgb(fixture_index, store):
+    both = make(fixture_index, store).sample(5)
+    rgb_only = MSCLClips(fixture_index, store, "no-such-flow-method", FAST, with_flow=False).sample(5)
+    assert "flow" not in rgb_only and "flow_rot" not in rgb_only
+    assert torch.equal(both["rgb"], rgb_only["rgb"]) and torch.equal(both["crop"], rgb_only["crop"])
