@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -216,6 +217,45 @@ def show_flow(
     else:
         flowviz.write_strip(rgb, flow, out, count=frames)
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+def train(
+    params_file: Path = ParamsOpt,
+    method: str = typer.Option("mscl", help="mscl, or rgb_only (plain MoCo on two RGB clips: the baseline)"),
+    index: Optional[Path] = typer.Option(None, help="clip index (default: data.sample/clips.parquet)"),
+    store: Optional[str] = typer.Option(None, help="Zarr store, a path or an fsspec URL (default: data.store)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: data.train/METHOD)"),
+    stop_after: Optional[int] = typer.Option(None, min=1, help="stop after this many steps, keeping the checkpoint (smoke runs)"),
+) -> None:
+    """Train MSCL or the RGB-only baseline; resumes a killed run (params: train, dataset). Under
+    `torchrun --nproc_per_node N cli.py train` it trains with DDP on N processes."""
+    from stages import train as stage
+
+    params = _setup(params_file)
+    if method not in ("mscl", "rgb_only"):
+        typer.echo(f"--method {method!r}: allowed: mscl, rgb_only", err=True)
+        raise typer.Exit(2)
+    data = params.data
+    summary = stage.run(params, method, index or Path(data.sample) / "clips.parquet", store or data.store,
+                        out or Path(data.train) / method, stop_after=stop_after)  # fmt: skip
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
+        _finish(summary)
+
+
+@app.command()
+def evaluate(
+    params_file: Path = ParamsOpt,
+    trained: Optional[Path] = typer.Option(None, help="folder of the train stage's outputs, one subfolder per method (default: data.train)"),
+    labels: Optional[Path] = typer.Option(None, help="labels table with relpath and label columns (default: data.labels)"),
+    out: Optional[Path] = typer.Option(None, help="output folder for metrics.json (default: data.evaluate)"),
+) -> None:
+    """Retrieval R@k and a kNN probe for MSCL, the RGB-only baseline and random weights (params: evaluate)."""
+    from stages import evaluate as stage
+
+    params = _setup(params_file)
+    data = params.data
+    _finish(stage.run(params, trained or data.train, labels or data.labels, data.decode, data.store, out or data.evaluate))
 
 
 @app.command()

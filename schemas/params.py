@@ -30,6 +30,9 @@ class DataParams(Section):
     decode: str = "data/decode"
     flow: str = "data/flow"
     sample: str = "data/sample"
+    train: str = "data/train"
+    evaluate: str = "data/evaluate"
+    labels: str = Field("data/demo/labels.parquet", description="class of each video (relpath, label): what evaluation scores")
 
 
 MOTION_CLASSES = ("slide_horizontal", "slide_vertical", "rotate", "zoom_in", "zoom_out", "oscillate")
@@ -241,6 +244,7 @@ class DatasetParams(Section):
     )
     flow_bound: float = Field(20.0, gt=0, description="with flow_norm: fixed, pixels/frame that map to 1")
     rotation: bool = Field(True, description="Flow Rotation Augmentation: also yield the flow rotated by b = (0.2 + 0.2k)pi")
+    cache_mb: int = Field(0, ge=0, description="per process: keep whole decoded videos in memory (LRU) up to this many MiB; 0 reads each clip from the store")
     shuffle: bool = True
     drop_last: bool = Field(False, description="false: pad ranks to equal length with repeats (flagged); true: drop the remainder")
     seed: int = 0
@@ -260,6 +264,61 @@ class DatasetParams(Section):
         return value
 
 
+class LossWeights(Section):
+    """Weight of each MSCL loss (all 1 in the paper)."""
+
+    rgb: float = Field(1.0, ge=0)
+    flow: float = Field(1.0, ge=0)
+    flow_rot: float = Field(1.0, ge=0)
+    cross: float = Field(1.0, ge=0)
+    cross_rot: float = Field(1.0, ge=0)
+    lmcl: float = Field(1.0, ge=0)
+
+
+class TrainParams(Section):
+    """The MSCL trainer (pipeline/trainer.py). Defaults are the paper's (../shared/MSCL.md); params.yaml
+    sets a compact encoder and a short schedule so the demo trains on 2 CPU cores in minutes."""
+
+    encoder: Literal["r3d_18", "compact"] = Field("r3d_18", description="RGB encoder: torchvision r3d_18, or the compact 3D ResNet")
+    width: int = Field(16, ge=4, le=256, description="compact: channels of its first stage (r3d_18 has 64)")
+    blocks: tuple[int, int, int, int] = Field((1, 1, 1, 1), description="compact: basic blocks per stage (r3d_18 has 2, 2, 2, 2)")
+    flow_width_ratio: float = Field(0.25, gt=0, le=2, description="flow encoder width / RGB width (the authors' quarter)")
+    flow_blocks: tuple[int, int, int, int] = (2, 2, 2, 2)
+    embed_dim: int = Field(128, ge=8)
+    local_dim: int = Field(128, ge=8, description="LMCL feature channels")
+    queue_size: int = Field(65536, ge=1, description="negatives per modality queue")
+    temperature: float = Field(0.07, gt=0)
+    lmcl_temperature: float = Field(0.07, gt=0)
+    key_momentum: float = Field(0.994, ge=0, le=1, description="key encoders' momentum at step 0, cosine-annealed to 1")
+    symmetric: bool = Field(True, description="each view is a query against the other's key")
+    bn_splits: int = Field(2, ge=1, description="shuffled-BN parts of each key batch (MoCo's shuffle BN on one device)")
+    lmcl: bool = Field(True, description="Local Motion Contrastive Learning")
+    fra: bool = Field(True, description="Flow Rotation Augmentation: rotated-flow losses and LMCL negatives")
+    cross_modal: bool = Field(True, description="RGB<->flow clip-level losses")
+    weights: LossWeights = LossWeights()
+    batch_size: int = Field(128, ge=2, description="clips per step on each rank")
+    epochs: int = Field(400, ge=1)
+    lr: float = Field(0.02, gt=0)
+    sgd_momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(5, ge=0)
+    grad_clip: float = Field(40.0, gt=0)
+    amp: bool = Field(True, description="mixed precision where the device supports it (CUDA); CPU trains in float32")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers per rank")
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+
+class EvaluateParams(Section):
+    """Retrieval and kNN probe of the trained RGB encoders (stages/evaluate.py)."""
+
+    clips_per_video: int = Field(4, ge=1, description="evenly spaced clips per video")
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50], description="R@k")
+    knn: int = Field(5, ge=1, description="neighbours of the kNN probe")
+    gallery_share: float = Field(0.5, gt=0, lt=1, description="share of each class's videos in the gallery (train) split")
+    batch_size: int = Field(32, ge=1)
+
 class Params(Section):
     """The whole `params.yaml`."""
 
@@ -270,6 +329,8 @@ class Params(Section):
     flow: FlowParams = FlowParams()
     sample: SampleParams = SampleParams()
     dataset: DatasetParams = DatasetParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 class ParamsError(ValueError):

@@ -1,0 +1,62 @@
+"""MSCL's losses as small pure functions, with thin modules around them (../shared/MSCL.md, 1-2).
+
+- `info_nce`: MoCo's clip-level loss. A query's positive is its key; its negatives are a queue of
+  past keys. Used for RGB-RGB, flow-flow, rotated flow, and across modalities.
+- `lmcl`: Local Motion Contrastive Learning. For RGB time step t of a clip, the positive is the
+  flow feature at the same t of the same clip; the negatives are the other time steps of that
+  flow and every time step of the same clip's rotated flow (FRA): same appearance, wrong motion.
+
+All inputs are L2-normalised by the caller or here (`normalise=True`); the functions never read or
+change a queue, so which keys a queue holds is decided in one place (`pipeline.mscl`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over the batch of -log softmax([q.k, q.queue_1, ..., q.queue_K] / T)[0].
+
+    query, key: (B, D) L2-normalised; queue: (K, D) L2-normalised negatives, which must not hold
+    this batch's keys (else a positive sits among its own negatives).
+    """
+    positive = (query * key).sum(dim=1, keepdim=True)  # (B, 1)
+    negatives = query @ queue.t()  # (B, K)
+    logits = torch.cat([positive, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(query), dtype=torch.long, device=query.device))
+
+
+def lmcl(rgb: torch.Tensor, flow: torch.Tensor, flow_rotated: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """Frame-level cross-modal loss, within each sample (no queue).
+
+    rgb, flow, flow_rotated: (B, C, T) time-keeping features of the same clip, L2-normalised over C.
+    Similarities of RGB step t to the flow's steps and the rotated flow's steps, (B, T, 2T) / T_emp,
+    cross-entropy with label t. Without rotated flow the negatives are the other time steps only.
+    """
+    candidates = flow if flow_rotated is None else torch.cat([flow, flow_rotated], dim=2)  # (B, C, T or 2T)
+    logits = torch.einsum("bct,bcs->bts", rgb, candidates) / temperature  # (B, T, T or 2T)
+    steps = rgb.shape[2]
+    labels = torch.arange(steps, device=rgb.device).expand(len(rgb), steps)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+
+class InfoNCE(nn.Module):
+    def __init__(self, temperature: float = 0.07):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+        return info_nce(F.normalize(query, dim=1), F.normalize(key, dim=1), queue, self.temperature)
+
+
+class LMCL(nn.Module):
+    def __init__(self, temperature: float = 0.07):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, rgb: torch.Tensor, flow: torch.Tensor, flow_rotated: torch.Tensor | None = None) -> torch.Tensor:
+        rotated = None if flow_rotated is None else F.normalize(flow_rotated, dim=1)
+        return lmcl(F.normalize(rgb, dim=1), F.normalize(flow, dim=1), rotated, self.temperature)

@@ -1,0 +1,158 @@
+"""The MSCL model: query and momentum key encoders per modality, their queues, and every loss of
+one step (../shared/MSCL.md, sections 1-3). `method="rgb_only"` is the plain MoCo baseline: the same
+RGB encoder and RGB-RGB loss, nothing else.
+
+One step, per batch of two views (1, 2) of each video:
+- RGB-RGB, flow-flow and rotated flow-flow: view 1's query against view 2's key and the other way
+  round (`symmetric`), negatives from that modality's queue;
+- cross-modal: RGB query against flow key and flow query against RGB key, then the same with the
+  rotated flow (FRA), negatives from the key's modality's queue;
+- LMCL on each view: RGB's time-keeping features against the same view's flow and rotated flow.
+Every loss reads the queues as they were before this step; the step's keys are pushed only after
+(the authors' release reads the flow queue after pushing, so a positive is among its negatives).
+
+Keys are computed with "shuffled BN" as MoCo does across GPUs: the key batch is permuted and cut
+into `bn_splits` parts with their own batch statistics, so a query and its key never share them
+(a shared batch statistic lets the model find its positive without learning anything).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.losses import info_nce, lmcl
+from pipeline.models import Encoder, flow_backbone, rgb_backbone
+from schemas.params import TrainParams
+
+Method = Literal["mscl", "rgb_only"]
+
+
+def key_momentum(step: int, total: int, start: float) -> float:
+    """Cosine schedule of the key encoders' momentum: `start` at step 0, 1 at the end."""
+    return 1.0 - (1.0 - start) * (math.cos(math.pi * min(step, total) / max(total, 1)) + 1.0) / 2.0
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows, in rank order (keys for the shared queue under DDP)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+class MSCL(nn.Module):
+    def __init__(self, params: TrainParams, method: Method = "mscl"):
+        super().__init__()
+        if method not in ("mscl", "rgb_only"):
+            raise ValueError(f"unknown method {method!r}; allowed: mscl, rgb_only")
+        self.params, self.method = params, method
+        p = params
+        self.use_flow = method == "mscl"
+        self.use_lmcl = self.use_flow and p.lmcl
+        self.use_fra = self.use_flow and p.fra
+        self.use_cross = self.use_flow and p.cross_modal
+        backbone = rgb_backbone(p.encoder, p.width, tuple(p.blocks))
+        self.rgb = Encoder(backbone, "rgb", p.embed_dim, p.local_dim if self.use_lmcl else None)
+        self.rgb_key = self._key_copy(self.rgb)
+        self.register_buffer("rgb_queue", F.normalize(torch.randn(p.queue_size, p.embed_dim), dim=1))
+        if self.use_flow:
+            flow = flow_backbone(backbone.widths, p.flow_width_ratio, tuple(p.flow_blocks))
+            self.flow = Encoder(flow, "flow", p.embed_dim, p.local_dim if self.use_lmcl else None)
+            self.flow_key = self._key_copy(self.flow)
+            self.register_buffer("flow_queue", F.normalize(torch.randn(p.queue_size, p.embed_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def _key_copy(encoder: Encoder) -> Encoder:
+        key = copy.deepcopy(encoder)
+        for param in key.parameters():
+            param.requires_grad_(False)
+        return key
+
+    # -- the momentum encoders and queues --------------------------------------------------------
+
+    @torch.no_grad()
+    def momentum_update(self, momentum: float) -> None:
+        pairs = [(self.rgb, self.rgb_key)] + ([(self.flow, self.flow_key)] if self.use_flow else [])
+        for query, key in pairs:
+            for q, k in zip(query.parameters(), key.parameters(), strict=True):
+                k.mul_(momentum).add_(q.detach(), alpha=1.0 - momentum)
+
+    @torch.no_grad()
+    def _keys(self, encoder: Encoder, x: torch.Tensor) -> torch.Tensor:
+        splits = self.params.bn_splits
+        if splits <= 1 or len(x) < 2 * splits:
+            return F.normalize(encoder(x)[0], dim=1)
+        order = torch.randperm(len(x), device=x.device)
+        keys = torch.cat([encoder(x[part])[0] for part in order.chunk(splits)])
+        return F.normalize(keys[torch.argsort(order)], dim=1)
+
+    @torch.no_grad()
+    def enqueue(self, keys: dict[str, torch.Tensor]) -> None:
+        """Push this step's keys (from every rank) over the oldest entries of each queue."""
+        ptr = int(self.queue_ptr)
+        size = self.params.queue_size
+        for name, key in keys.items():
+            key = _gather(key.detach().float())
+            queue = getattr(self, f"{name}_queue")
+            rows = (ptr + torch.arange(len(key), device=key.device)) % size
+            queue[rows] = key[-size:] if len(key) > size else key
+        self.queue_ptr.fill_((ptr + len(key)) % size)
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor], momentum: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(total loss, each weighted part, keys to enqueue after the optimiser step)."""
+        p = self.params
+        t = p.temperature
+        self.momentum_update(momentum)
+        rgb = batch["rgb"]
+        views = range(rgb.shape[1])
+        rgb_q, rgb_local = zip(*(self._query(self.rgb, rgb[:, v], self.use_lmcl) for v in views), strict=True)
+        rgb_k = [self._keys(self.rgb_key, rgb[:, v]) for v in views]
+        rgb_queue = self.rgb_queue.clone()  # as it was before this step, whatever happens later
+        parts = {"rgb": self._pairs(rgb_q, rgb_k, rgb_queue, t)}
+        keys = {"rgb": rgb_k[1]}
+        if self.use_flow:
+            flow_queue = self.flow_queue.clone()
+            flow_q, flow_local = zip(*(self._query(self.flow, batch["flow"][:, v], self.use_lmcl) for v in views), strict=True)
+            flow_k = [self._keys(self.flow_key, batch["flow"][:, v]) for v in views]
+            parts["flow"] = self._pairs(flow_q, flow_k, flow_queue, t)
+            keys["flow"] = flow_k[1]
+            rot_local = [None, None]
+            if self.use_fra:
+                rot_q, rot_local = zip(*(self._query(self.flow, batch["flow_rot"][:, v], self.use_lmcl) for v in views), strict=True)
+                rot_k = [self._keys(self.flow_key, batch["flow_rot"][:, v]) for v in views]
+                parts["flow_rot"] = self._pairs(rot_q, rot_k, flow_queue, t)
+            if self.use_cross:
+                parts["cross"] = (self._pairs(rgb_q, flow_k, flow_queue, t) + self._pairs(flow_q, rgb_k, rgb_queue, t)) / 2
+                if self.use_fra:
+                    parts["cross_rot"] = (self._pairs(rgb_q, rot_k, flow_queue, t) + self._pairs(rot_q, rgb_k, rgb_queue, t)) / 2
+            if self.use_lmcl:
+                parts["lmcl"] = sum(
+                    lmcl(F.normalize(rgb_local[v], dim=1), F.normalize(flow_local[v], dim=1),
+                         None if rot_local[v] is None else F.normalize(rot_local[v], dim=1), p.lmcl_temperature)
+                    for v in views
+                ) / len(views)  # fmt: skip
+        weights = p.weights.model_dump()
+        weighted = {name: weights[name] * value for name, value in parts.items()}
+        return sum(weighted.values()), weighted, keys
+
+    @staticmethod
+    def _query(encoder: Encoder, x: torch.Tensor, local: bool):
+        embedding, features = encoder(x, local=local)
+        return F.normalize(embedding, dim=1), features
+
+    def _pairs(self, queries, keys, queue, temperature) -> torch.Tensor:
+        """View 1's query against view 2's key, and (symmetric) view 2's against view 1's."""
+        loss = info_nce(queries[0], keys[1], queue, temperature)
+        if self.params.symmetric:
+            loss = (loss + info_nce(queries[1], keys[0], queue, temperature)) / 2
+        return loss

@@ -1,0 +1,247 @@
+"""The MSCL trainer: one loop, readable top to bottom.
+
+SGD with momentum and weight decay; learning rate warmed up linearly then cosine-annealed to 0;
+gradients clipped; mixed precision on CUDA; the key encoders' momentum cosine-annealed to 1.
+Checkpoints (every `checkpoint_every` steps and on the last) hold everything a killed run needs to
+go on exactly: model with key encoders and queues, optimiser, schedule, grad scaler, step, torch
+RNG, the dataset's position and the config; they load with `torch.load(..., weights_only=True)`.
+A finished run removes its checkpoint and leaves:
+
+    model.pt        the whole MSCL state dict (query and key encoders, heads, queues) and config
+    rgb_encoder.pt  the RGB backbone's state dict alone (with r3d_18: loads strictly into
+                    torchvision's r3d_18; its fc is torchvision's untrained initial one)
+    losses.csv      per step: epoch, lr, key momentum, total and every loss part (DVC plots)
+    metrics.json    final losses, steps, clips/s (DVC metrics)
+
+Under `torchrun` every rank trains on its shard of each epoch (DDP over gloo on CPU, NCCL on CUDA),
+the queues take every rank's keys, and rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pipeline.dataset import ClipLoader, MSCLClips, to_device
+from pipeline.mscl import MSCL, Method, key_momentum
+from pipeline.tables import atomic_write_bytes
+from schemas.params import DatasetParams, TrainParams
+
+CHECKPOINT = "checkpoint.pt"
+LOSS_PARTS = ("rgb", "flow", "flow_rot", "cross", "cross_rot", "lmcl")
+LOG_FIELDS = ("step", "epoch", "lr", "key_momentum", "loss", *LOSS_PARTS)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    started_here: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return Distributed(torch.distributed.get_rank(), world, True)
+    return Distributed(torch.distributed.get_rank(), world)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up from ~0 to 1 over `warmup` steps, then cosine to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def config_of(train: TrainParams, dataset: DatasetParams, method: str, flow_method: str, world_size: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed (plain types: safe for weights_only loading)."""
+    return {"method": method, "flow_method": flow_method, "world_size": world_size,
+            "train": train.model_dump(mode="json"), "dataset": dataset.model_dump(mode="json")}  # fmt: skip
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
+
+
+def train(
+    train_params: TrainParams,
+    dataset_params: DatasetParams,
+    *,
+    method: Method,
+    index: str | Path,
+    store: str | Path,
+    flow_method: str,
+    out: str | Path,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume) into `out`; returns the final metrics. `stop_after` ends the run after that
+    many steps in total, leaving the checkpoint as a killed run would (for tests and smoke runs)."""
+    p = train_params
+    out = Path(out)
+    device = pick_device(p.device)
+    dist = setup_distributed(device)
+    torch.manual_seed(p.seed)  # the same initial weights on every rank
+    # The dataset yields rotated flow only when a loss uses it, and flow only for MSCL.
+    dataset_params = dataset_params.model_copy(update={"rotation": method == "mscl" and p.fra})
+    dataset = MSCLClips(index, store, flow_method, dataset_params, rank=dist.rank, world_size=dist.world_size,
+                        with_flow=method == "mscl")  # fmt: skip
+    # On CPU the workers share cores with the step: lower their priority so they fill idle time only.
+    loader = ClipLoader(dataset, p.batch_size, num_workers=p.num_workers, pin_memory=device.type == "cuda",
+                        worker_nice=10 if device.type == "cpu" else 0)  # fmt: skip
+    steps_per_epoch = len(loader)
+    total_steps = p.epochs * steps_per_epoch
+    warmup_steps = round(p.warmup_epochs * steps_per_epoch)
+
+    model = MSCL(p, method).to(device)
+    optimiser = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=p.lr, momentum=p.sgd_momentum,
+                                weight_decay=p.weight_decay)  # fmt: skip
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, warmup_steps, total_steps))
+    use_amp = p.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    config = config_of(p, dataset_params, method, flow_method, dist.world_size)
+
+    step, log = 0, []
+    checkpoint_path = out / CHECKPOINT
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state["config"] == config:
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            schedule.load_state_dict(state["schedule"])
+            scaler.load_state_dict(state["scaler"])
+            dataset.load_state_dict(state["dataset"][dist.rank])
+            torch.set_rng_state(state["rng"]["torch"][dist.rank])
+            step, log = state["step"], state["log"]
+            if dist.main:
+                print(f"resuming {out} at step {step} of {total_steps}")
+        elif dist.main:
+            print(f"{checkpoint_path}: saved with other params, starting afresh")
+    torch.manual_seed(p.seed + 1000 * dist.rank + step) if step == 0 else None  # per-rank key shuffles
+    network = model
+    if dist.world_size > 1:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          broadcast_buffers=False)  # fmt: skip
+
+    def save_checkpoint() -> None:
+        # Every rank's dataset position and RNG, gathered so one file resumes them all.
+        per_rank = [dataset.state_dict(), torch.get_rng_state()]
+        if dist.world_size > 1:
+            gathered: list[Any] = [None] * dist.world_size
+            torch.distributed.all_gather_object(gathered, per_rank)
+        else:
+            gathered = [per_rank]
+        if dist.main:
+            save_atomic({
+                "model": model.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict(), "step": step, "log": log, "config": config,
+                "dataset": [g[0] for g in gathered], "rng": {"torch": [g[1] for g in gathered]},
+            }, checkpoint_path)  # fmt: skip
+
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {method}", unit="step", disable=not (progress and dist.main))
+    model.train()
+    started, clips_seen = time.perf_counter(), 0
+    while step < total_steps and (stop_after is None or step < stop_after):
+        epoch = dataset.epoch
+        for batch in loader:
+            batch = to_device(batch, device)
+            momentum = key_momentum(step, total_steps, p.key_momentum)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss, parts, keys = network(batch, momentum)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimiser)
+            torch.nn.utils.clip_grad_norm_(optimiser.param_groups[0]["params"], p.grad_clip)
+            scaler.step(optimiser)
+            scaler.update()
+            model.enqueue(keys)
+            row = {"step": step + 1, "epoch": epoch, "lr": schedule.get_last_lr()[0], "key_momentum": momentum,
+                   "loss": float(loss.detach()), **{k: float(parts[k].detach()) if k in parts else "" for k in LOSS_PARTS}}  # fmt: skip
+            schedule.step()
+            step += 1
+            log.append(row)
+            clips_seen += len(batch["video_id"]) * dist.world_size
+            rate = clips_seen / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", clips_s=f"{rate:.1f}", epoch=epoch)
+            bar.update()
+            if step % p.checkpoint_every == 0 or step == total_steps or step == stop_after:
+                save_checkpoint()
+            if step == stop_after:
+                break
+    bar.close()
+    elapsed = time.perf_counter() - started
+    if step < total_steps:  # stopped early on purpose: the checkpoint is the result
+        return {"steps": step, "stopped": True}
+
+    in_sync = ranks_in_sync(model, dist)
+    metrics = final_metrics(log, steps_per_epoch, clips_seen / max(elapsed, 1e-9), dist.world_size, in_sync)
+    if dist.main:
+        write_log(log, out / "losses.csv")
+        save_atomic({"state_dict": model.state_dict(), "config": config}, out / "model.pt")
+        save_atomic(model.rgb.backbone_state_dict(), out / "rgb_encoder.pt")
+        atomic_write_bytes(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
+        checkpoint_path.unlink(missing_ok=True)  # a finished run starts afresh next time
+    if dist.started_here:
+        torch.distributed.destroy_process_group()
+    return metrics
+
+
+def ranks_in_sync(model: MSCL, dist: Distributed) -> bool:
+    """Whether every rank ends with the same query weights (DDP's promise, checked)."""
+    if dist.world_size == 1:
+        return True
+    total = torch.stack([q.detach().double().sum() for q in model.parameters() if q.requires_grad]).sum().reshape(1)
+    low, high = total.clone(), total.clone()
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    return bool(torch.isclose(low, high, rtol=0, atol=1e-9 * max(1.0, float(abs(high)))))
+
+
+def final_metrics(log: list[dict], steps_per_epoch: int, clips_per_s: float, world_size: int, in_sync: bool) -> dict[str, Any]:
+    last_epoch = log[-steps_per_epoch:]
+    metrics: dict[str, Any] = {"steps": len(log), "epochs": len(log) // steps_per_epoch, "world_size": world_size,
+                               "clips_per_s": round(clips_per_s, 2), "ranks_in_sync": in_sync}  # fmt: skip
+    for name in ("loss", *LOSS_PARTS):
+        values = [row[name] for row in last_epoch if row[name] != ""]
+        if values:
+            metrics[f"last_epoch_{name}"] = round(sum(values) / len(values), 5)
+    metrics["first_epoch_loss"] = round(sum(row["loss"] for row in log[:steps_per_epoch]) / min(steps_per_epoch, len(log)), 5)
+    return metrics
+
+
+def write_log(log: list[dict], path: Path) -> None:
+    def write(tmp):
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(log)
+
+    atomic_write_bytes(path, write)

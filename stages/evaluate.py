@@ -1,0 +1,94 @@
+"""Evaluate stage: the RGB encoders of MSCL, of the RGB-only baseline, and with random weights, on
+clip retrieval and a kNN probe over the labelled videos (../shared/MSCL.md, section 5).
+
+Every encoder sees the same clips (evenly spaced per video, resized and centre-cropped to the
+training crop size); videos are split by a stable hash within each class into a gallery (train) and
+a query (test) split. Writes metrics.json (DVC metrics), named by model, and the margins of MSCL
+over each baseline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.evaluation import centre_clip, clip_starts, knn_accuracy, retrieval_recall, split_videos
+from pipeline.models import TorchvisionR3D, rgb_backbone
+from pipeline.store import open_frames
+from pipeline.tables import atomic_write_bytes, read_table
+from schemas.params import Params
+from schemas.tables import DECODED
+from stages.common import Summary
+
+MODELS = ("mscl", "rgb_only", "random")
+
+
+def load_encoder(params: Params, weights: Path | None) -> torch.nn.Module:
+    """The RGB backbone: trained weights from a train stage's rgb_encoder.pt, or seeded random ones."""
+    t = params.train
+    torch.manual_seed(t.seed)
+    backbone = rgb_backbone(t.encoder, t.width, tuple(t.blocks))
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        (backbone.net if isinstance(backbone, TorchvisionR3D) else backbone).load_state_dict(state, strict=True)
+    return backbone.eval()
+
+
+@torch.no_grad()
+def clip_features(backbone: torch.nn.Module, clips: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    out = [backbone.stages(torch.stack(clips[i : i + batch_size]))[-1].mean(dim=(2, 3, 4)) for i in range(0, len(clips), batch_size)]
+    return torch.cat(out).float()
+
+
+def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_dir: str | Path, store: str | Path,
+        out: str | Path) -> Summary:  # fmt: skip
+    summary = Summary("evaluate")
+    e, clip_len, stride = params.evaluate, params.sample.clip_len, params.sample.stride
+    labels = read_table(labels_path).to_pandas()
+    if not {"relpath", "label"} <= set(labels.columns):
+        raise ValueError(f"{labels_path}: a labels table needs the columns relpath and label")
+    decoded = read_table(Path(decode_dir) / "decoded.parquet", DECODED).to_pandas()
+    videos = decoded.merge(labels[["relpath", "label"]], on="relpath").sort_values("relpath").reset_index(drop=True)
+    summary.add("labelled videos", len(videos))
+    if len(videos) < 2 or videos.label.nunique() < 2:
+        raise ValueError(f"{labels_path}: evaluation needs at least two labelled, decoded videos of two classes")
+    gallery_video = split_videos(list(videos.relpath), list(videos.label), e.gallery_share)
+
+    clips, clip_video = [], []
+    for i, row in tqdm(list(videos.iterrows()), desc="evaluate: clips", unit="video"):
+        frames = open_frames(store, row.video_id)
+        for start in clip_starts(row.num_frames, clip_len, stride, e.clips_per_video):
+            clips.append(centre_clip(frames[start : start + (clip_len - 1) * stride + 1 : stride], params.dataset.crop_size))
+            clip_video.append(i)
+    clip_video = np.array(clip_video)
+    clip_labels = videos.label.to_numpy()[clip_video]
+    in_gallery = gallery_video[clip_video]
+    summary.add("gallery clips", int(in_gallery.sum()))
+    summary.add("query clips", int((~in_gallery).sum()))
+
+    metrics: dict[str, Any] = {}
+    for name in MODELS:
+        weights = None if name == "random" else Path(train_dir) / name / "rgb_encoder.pt"
+        if weights is not None and not weights.is_file():
+            raise FileNotFoundError(f"{weights}: no trained encoder; run the train stage (python cli.py train --method {name})")
+        features = clip_features(load_encoder(params, weights), clips, e.batch_size)
+        result = retrieval_recall(features[~in_gallery], clip_labels[~in_gallery], features[in_gallery], clip_labels[in_gallery], e.ks)
+        video_features = torch.stack([features[clip_video == i].mean(0) for i in range(len(videos))])
+        result["knn_top1"] = knn_accuracy(video_features[~gallery_video], videos.label.to_numpy()[~gallery_video],
+                                          video_features[gallery_video], videos.label.to_numpy()[gallery_video], e.knn)  # fmt: skip
+        metrics[name] = result
+        summary.notes.append(f"{name:>8}: " + "  ".join(f"{key} {value:5.1f}" for key, value in result.items()))
+    metrics["margin"] = {
+        "mscl_vs_rgb_only_R@1": round(metrics["mscl"]["R@1"] - metrics["rgb_only"]["R@1"], 2),
+        "mscl_vs_random_R@1": round(metrics["mscl"]["R@1"] - metrics["random"]["R@1"], 2),
+    }
+    out = Path(out)
+    atomic_write_bytes(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
+    summary.notes.append(f"MSCL R@1 over RGB-only {metrics['margin']['mscl_vs_rgb_only_R@1']:+.1f}, "
+                         f"over random weights {metrics['margin']['mscl_vs_random_R@1']:+.1f} points")  # fmt: skip
+    return summary

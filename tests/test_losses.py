@@ -1,0 +1,84 @@
+"""MSCL's losses against naive per-sample references and values computable by hand."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.losses import LMCL, InfoNCE, info_nce, lmcl
+
+
+def naive_info_nce(q, k, queue, t):
+    """One query at a time, straight from the definition: -log(exp(q.k/t) / sum of all exps)."""
+    total = 0.0
+    for i in range(len(q)):
+        positive = math.exp(float(q[i] @ k[i]) / t)
+        negatives = sum(math.exp(float(q[i] @ n) / t) for n in queue)
+        total += -math.log(positive / (positive + negatives))
+    return total / len(q)
+
+
+def naive_lmcl(rgb, flow, rotated, t):
+    """For each sample and RGB time step: positive the same step of the flow, negatives the other
+    flow steps and every rotated-flow step."""
+    total, count = 0.0, 0
+    b, _, steps = rgb.shape
+    for i in range(b):
+        for s in range(steps):
+            candidates = [flow[i, :, u] for u in range(steps)] + ([rotated[i, :, u] for u in range(steps)] if rotated is not None else [])
+            exps = [math.exp(float(rgb[i, :, s] @ c) / t) for c in candidates]
+            total += -math.log(exps[s] / sum(exps))
+            count += 1
+    return total / count
+
+
+def unit(*shape, dim=1, seed=0):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), dim=dim)
+
+
+def test_info_nce_matches_the_naive_reference():
+    q, k, queue = unit(6, 16, seed=1), unit(6, 16, seed=2), unit(20, 16, seed=3)
+    assert float(info_nce(q, k, queue, 0.07)) == pytest.approx(naive_info_nce(q, k, queue, 0.07), rel=1e-9)
+
+
+def test_info_nce_exact_value_when_negatives_are_orthogonal():
+    """q = k, every negative orthogonal: logits 1/t and K zeros, loss = log(1 + K exp(-1/t))."""
+    q = torch.eye(4, 8, dtype=torch.float64)
+    queue = torch.eye(8, dtype=torch.float64)[4:]  # 4 negatives orthogonal to every query
+    t = 0.5
+    assert float(info_nce(q, q, queue, t)) == pytest.approx(math.log(1 + 4 * math.exp(-1 / t)), rel=1e-12)
+    # A query identical to one of its negatives: the positive is only one of two equal best logits.
+    assert float(info_nce(q[:1], q[:1], q[:1], t)) == pytest.approx(math.log(2), rel=1e-12)
+
+
+def test_lmcl_matches_the_naive_reference_with_and_without_rotated_flow():
+    rgb, flow, rotated = unit(3, 8, 4, seed=4), unit(3, 8, 4, seed=5), unit(3, 8, 4, seed=6)
+    assert float(lmcl(rgb, flow, rotated, 0.1)) == pytest.approx(naive_lmcl(rgb, flow, rotated, 0.1), rel=1e-9)
+    assert float(lmcl(rgb, flow, None, 0.1)) == pytest.approx(naive_lmcl(rgb, flow, None, 0.1), rel=1e-9)
+
+
+def test_lmcl_exact_value_for_orthogonal_time_steps():
+    """Flow steps one-hot and orthogonal, RGB equal to the flow, rotated flow orthogonal to all:
+    each step has logit 1/t once and 0 for the 2T-1 others: loss = log(1 + (2T-1) exp(-1/t))."""
+    steps, t = 4, 0.2
+    flow = torch.eye(2 * steps, dtype=torch.float64)[:, :steps].unsqueeze(0)  # (1, C=8, T=4): steps are e_0..e_3
+    rotated = torch.eye(2 * steps, dtype=torch.float64)[:, steps:].unsqueeze(0)  # e_4..e_7
+    assert float(lmcl(flow, flow, rotated, t)) == pytest.approx(math.log(1 + (2 * steps - 1) * math.exp(-1 / t)), rel=1e-12)
+    # The rotated flow at the same appearance is a negative: RGB matching it instead costs a lot.
+    assert float(lmcl(rotated, flow, rotated, t)) > 5
+
+
+def test_modules_normalise_their_inputs():
+    q, k, queue = torch.randn(5, 16) * 7, torch.randn(5, 16) * 3, unit(10, 16, seed=9).float()
+    assert float(InfoNCE(0.07)(q, k, queue)) == pytest.approx(float(info_nce(F.normalize(q, dim=1), F.normalize(k, dim=1), queue, 0.07)), rel=1e-6)
+    rgb, flow, rotated = torch.randn(2, 8, 3) * 4, torch.randn(2, 8, 3), torch.randn(2, 8, 3)
+    expected = lmcl(F.normalize(rgb, dim=1), F.normalize(flow, dim=1), F.normalize(rotated, dim=1), 0.07)
+    assert float(LMCL(0.07)(rgb, flow, rotated)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_losses_have_gradients_only_through_their_inputs():
+    q = unit(4, 8, seed=10).float().requires_grad_()
+    loss = info_nce(q, unit(4, 8, seed=11).float(), unit(6, 8, seed=12).float(), 0.07)
+    loss.backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0

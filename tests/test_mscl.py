@@ -1,0 +1,127 @@
+"""Encoders, the exported backbone, the MoCo machinery (queues, momentum, shuffled BN) and the
+ablation switches of the MSCL model."""
+
+import pytest
+import torch
+from torchvision.models.video import r3d_18
+
+import pipeline.mscl as mscl_module
+from pipeline.models import CompactR3D, Encoder, flow_backbone
+from pipeline.mscl import MSCL, key_momentum
+from schemas.params import LossWeights, TrainParams
+
+TINY = TrainParams(encoder="compact", width=8, queue_size=16, batch_size=4, flow_width_ratio=0.5, flow_blocks=(1, 1, 1, 1), local_dim=16)
+
+
+def batch(b=4, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"rgb": torch.randn(b, 2, 3, 8, size, size, generator=g), "flow": torch.randn(b, 2, 2, 8, size, size, generator=g),
+            "flow_rot": torch.randn(b, 2, 2, 8, size, size, generator=g)}  # fmt: skip
+
+
+def test_encoders_keep_time_for_lmcl():
+    rgb = Encoder(CompactR3D(8), "rgb", 128, 16)
+    flow = Encoder(flow_backbone(rgb.backbone.widths, 0.25), "flow", 128, 16)
+    embedding, local = rgb(torch.randn(2, 3, 8, 64, 64), local=True)
+    assert embedding.shape == (2, 128) and local.shape == (2, 16, 4)  # stage 2 of 8 frames: 4 steps
+    embedding, local = flow(torch.randn(2, 2, 8, 64, 64), local=True)
+    assert embedding.shape == (2, 128) and local.shape == (2, 16, 4)  # the stem halves time once, then kept
+    assert flow.backbone.widths == (4, 4, 8, 16)  # a quarter of 8, 16, 32, 64 (at least 4)
+
+
+def test_exported_r3d_18_backbone_loads_strictly_into_torchvision():
+    model = MSCL(TINY.model_copy(update={"encoder": "r3d_18"}), "rgb_only")
+    exported = model.rgb.backbone_state_dict()
+    reference = r3d_18()
+    reference.load_state_dict(exported, strict=True)
+    reference.eval(), model.rgb.eval()
+    x = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        ours = model.rgb.features(x)
+        theirs = reference.avgpool(reference.layer4(reference.layer3(reference.layer2(reference.layer1(reference.stem(x)))))).flatten(1)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_key_momentum_is_cosine_from_start_to_one():
+    values = [key_momentum(s, 100, 0.99) for s in range(101)]
+    assert values[0] == pytest.approx(0.99) and values[-1] == pytest.approx(1.0) and values[50] == pytest.approx(0.995)
+    assert all(a <= b for a, b in zip(values, values[1:]))
+
+
+def test_a_positive_never_sits_among_its_own_negatives(monkeypatch):
+    """Every loss sees the queues as they were before the step; the step's keys go in only after."""
+    model = MSCL(TINY)
+    seen = []
+    original = mscl_module.info_nce
+
+    def spy(query, key, queue, temperature):
+        seen.append((key.detach().clone(), queue.detach().clone()))
+        return original(query, key, queue, temperature)
+
+    monkeypatch.setattr(mscl_module, "info_nce", spy)
+    for step in range(3):  # queue of 16 = 4 steps of 4 keys: after step 1 the queue holds earlier keys
+        before = {"rgb": model.rgb_queue.clone(), "flow": model.flow_queue.clone()}
+        seen.clear()
+        _, _, keys = model(batch(seed=step), 0.99)
+        assert torch.equal(model.rgb_queue, before["rgb"]) and torch.equal(model.flow_queue, before["flow"])
+        for key, queue in seen:
+            distances = torch.cdist(key.float(), queue.float())
+            assert (distances > 1e-4).all(), f"step {step}: a positive key is among the negatives"
+        model.enqueue(keys)
+        assert torch.allclose(model.rgb_queue[(4 * step) % 16 : (4 * step) % 16 + 4], keys["rgb"])
+        assert torch.allclose(model.flow_queue[(4 * step) % 16 : (4 * step) % 16 + 4], keys["flow"])
+
+
+def test_shuffled_bn_keys_are_the_plain_keys_in_eval_mode():
+    """The permutation is undone: with fixed statistics, split keys equal unsplit ones row by row."""
+    model = MSCL(TINY.model_copy(update={"bn_splits": 2}), "rgb_only").eval()
+    x = torch.randn(8, 3, 8, 32, 32)
+    with torch.no_grad():
+        plain = torch.nn.functional.normalize(model.rgb_key(x)[0], dim=1)
+    assert torch.allclose(model._keys(model.rgb_key, x), plain, atol=1e-5)
+
+
+def test_momentum_update_moves_keys_towards_queries():
+    model = MSCL(TINY, "rgb_only")
+    with torch.no_grad():
+        for q in model.rgb.parameters():
+            q.add_(1.0)
+    key_before = [k.clone() for k in model.rgb_key.parameters()]
+    model.momentum_update(0.9)
+    for k, k0, q in zip(model.rgb_key.parameters(), key_before, model.rgb.parameters(), strict=True):
+        assert torch.allclose(k, 0.9 * k0 + 0.1 * q)
+        assert not k.requires_grad
+
+
+@pytest.mark.parametrize(
+    "update, parts",
+    [
+        ({}, {"rgb", "flow", "flow_rot", "cross", "cross_rot", "lmcl"}),
+        ({"lmcl": False}, {"rgb", "flow", "flow_rot", "cross", "cross_rot"}),
+        ({"fra": False}, {"rgb", "flow", "cross", "lmcl"}),
+        ({"cross_modal": False}, {"rgb", "flow", "flow_rot", "lmcl"}),
+    ],
+)
+def test_switches_choose_the_losses(update, parts):
+    model = MSCL(TINY.model_copy(update=update))
+    loss, weighted, _ = model(batch(), 0.99)
+    assert set(weighted) == parts
+    assert torch.isclose(loss, sum(weighted.values()))
+    loss.backward()
+    assert all(q.grad is not None for q in model.parameters() if q.requires_grad)  # no idle parameters (DDP)
+
+
+def test_rgb_only_is_plain_moco_and_weights_scale_their_loss():
+    model = MSCL(TINY, "rgb_only")
+    assert not hasattr(model, "flow") and not hasattr(model, "flow_queue")
+    _, weighted, keys = model({"rgb": batch()["rgb"]}, 0.99)
+    assert set(weighted) == {"rgb"} and set(keys) == {"rgb"}
+    heavy = MSCL(TINY.model_copy(update={"weights": LossWeights(lmcl=3.0)}))
+    light = MSCL(TINY)
+    light.load_state_dict(heavy.state_dict())
+    torch.manual_seed(0)
+    _, w_heavy, _ = heavy(batch(), 0.99)
+    torch.manual_seed(0)
+    _, w_light, _ = light(batch(), 0.99)
+    assert float(w_heavy["lmcl"]) == pytest.approx(3 * float(w_light["lmcl"]), rel=1e-5)
+    assert float(w_heavy["rgb"]) == pytest.approx(float(w_light["rgb"]), rel=1e-5)
