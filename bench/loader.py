@@ -10,7 +10,8 @@ augmentations) and in one run:
   FFmpeg decodes each view's frames from the source file per sample (seek, decode, scale), then the
   same RGB crop, flip and colour transforms; RGB only, no flow at all;
 - the time of a training step (torchvision r3d_18 forward and backward on both views' RGB, SGD)
-  fed by the loader (2 workers), over the same step fed by batches already in memory: the loader's
+  fed by the loader (2 workers at low CPU priority, as the trainer runs them on CPU), over the same
+  step fed by batches already in memory: the loader's
   cost to training, which must stay at or under 1.05;
 - peak memory of the main process (resident) and of the workers (unique to them: a forked worker
   shares its parent's pages), and their growth from the first to the last tenth of two epochs.
@@ -165,7 +166,7 @@ def training_step_ratio(dataset: MSCLClips, batch: int, steps: int) -> dict[str,
         loss.backward()
         optimiser.step()
 
-    loader = ClipLoader(dataset, batch, num_workers=2)
+    loader = ClipLoader(dataset, batch, num_workers=2, worker_nice=10)  # as the trainer runs it on CPU
     cached = []
     for data in loader:
         cached.append(data)
@@ -179,7 +180,7 @@ def training_step_ratio(dataset: MSCLClips, batch: int, steps: int) -> dict[str,
 
     dataset.set_epoch(dataset.epoch + 1)
     done, start = -1, 0.0
-    for data in ClipLoader(dataset, batch, num_workers=2):
+    for data in ClipLoader(dataset, batch, num_workers=2, worker_nice=10):
         if done == 0:
             start = time.perf_counter()  # after one step: workers started, queues full
         step(data)

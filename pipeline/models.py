@@ -107,7 +107,7 @@ class FlowResNet(ResNet3d):
 
 def projection_head(dim: int, out: int = 128) -> nn.Sequential:
     """MoCo v2's head: Linear(d, d) - ReLU - Linear(d, out)."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
+    return nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
 
 
 class RGBNeck(nn.Module):

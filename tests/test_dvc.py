@@ -1,6 +1,7 @@
 """`dvc repro` on a fresh copy of the repository: builds everything, then does nothing; a params change
 re-runs only the stages that depend on it."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -34,7 +35,11 @@ def clone(tmp_path_factory):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["make_demo"].update(videos_per_class=1, frames=12)
+    # Two 32-frame videos per class (a clip of 8 at stride 4 spans 29), DIS flow, a token training run.
+    params["make_demo"].update(videos_per_class=2, frames=32)
+    params["flow"]["method"] = "dis"
+    params["dataset"].update(crop_size=32)
+    params["train"].update(width=8, epochs=1, batch_size=8, queue_size=16, num_workers=0, local_dim=16)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     identity = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER") for what, value in (("NAME", "test"), ("EMAIL", "test@localhost"))}
     env = {**os.environ, **identity, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
@@ -47,11 +52,11 @@ def clone(tmp_path_factory):
 def test_repro_builds_everything_then_does_nothing(clone):
     root, env = clone
     first = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
-    for stage in ("make_demo", "probe", "decode", "flow", "sample"):
+    for stage in ("make_demo", "probe", "decode", "flow", "sample", "train@mscl", "train@rgb_only", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
     videos = read_table(root / "data/manifest/videos.parquet").to_pylist()
     decoded = read_table(root / "data/decode/decoded.parquet").to_pylist()
-    assert len(videos) == len(decoded) == 6
+    assert len(videos) == len(decoded) == 12
     assert all((root / "data/store.zarr/frames" / row["video_id"] / "zarr.json").is_file() for row in decoded)
     second = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
     assert "Running stage" not in second.stdout
@@ -80,3 +85,21 @@ def test_a_sample_threshold_reruns_only_sample(clone):
         assert f"Running stage '{stage}'" not in run.stdout
     clips = read_table(root / "data/sample/clips.parquet").to_pandas()
     assert (clips.groupby("video_id").selected.sum() == 2).all()
+
+
+def test_metrics_name_every_model_and_an_ablation_reruns_only_training(clone):
+    root, env = clone
+    sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
+    shown = sh(sys.executable, "-m", "dvc", "metrics", "show", "--json", cwd=root, env=env).stdout
+    metrics = json.loads(shown)
+    flat = json.dumps(metrics)
+    for name in ("mscl", "rgb_only", "random", "R@1", "knn_top1", "last_epoch_loss"):
+        assert name in flat
+    run = sh(sys.executable, "-m", "dvc", "exp", "run", "-S", "train.lmcl=false", cwd=root, env=env)
+    assert "Running stage 'train@mscl'" in run.stdout and "Running stage 'evaluate'" in run.stdout
+    for stage in ("make_demo", "probe", "decode", "flow", "sample"):
+        assert f"Running stage '{stage}'" not in run.stdout
+    losses = (root / "data/train/mscl/losses.csv").read_text().splitlines()[0].split(",")
+    assert "lmcl" in losses
+    rows = [line.split(",") for line in (root / "data/train/mscl/losses.csv").read_text().splitlines()[1:]]
+    assert all(row[losses.index("lmcl")] == "" for row in rows)  # LMCL switched off: no such loss

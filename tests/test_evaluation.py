@@ -1,0 +1,87 @@
+"""Retrieval and kNN maths on hand-made features, the deterministic split, and the evaluate stage
+end to end on the small demo."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluation import clip_starts, knn_accuracy, retrieval_recall, split_videos
+from pipeline.trainer import train
+from schemas.params import DatasetParams, Params, TrainParams
+from stages import evaluate as evaluate_stage
+
+
+def test_recall_at_k_counts_a_hit_when_any_of_the_top_k_shares_the_class():
+    # Gallery along three axes; each query is nearest to one gallery item, second nearest another.
+    gallery = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [-1.0, 0, 0]])
+    gallery_labels = np.array(["a", "b", "c", "d"])
+    query = torch.tensor([[1.0, 0.5, 0], [0, 0.2, 1.0], [-1.0, 0, 0.3]])
+    query_labels = np.array(["a", "b", "c"])
+    # Mean-centring changes nothing here that the assertions depend on: check the raw ranks first.
+    ranks = torch.argsort(torch.nn.functional.normalize(query - query.mean(0), dim=1)
+                          @ torch.nn.functional.normalize(gallery - gallery.mean(0), dim=1).t(), dim=1, descending=True)  # fmt: skip
+    first = [list(gallery_labels[r]).index(label) for r, label in zip(ranks.numpy(), query_labels, strict=True)]
+    result = retrieval_recall(query, query_labels, gallery, gallery_labels, [1, 2, 3, 4, 50])
+    for k in (1, 2, 3, 4):
+        assert result[f"R@{k}"] == pytest.approx(100 * np.mean([f < k for f in first]), abs=0.01)
+    assert result["R@50"] == 100.0  # k past the gallery: every query finds its class
+    assert first[0] == 0  # query a's nearest is gallery a
+
+
+def test_recall_is_perfect_for_separated_classes_and_chance_for_noise():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 32)) * 5
+    labels = np.repeat(np.arange(4), 10)
+    feats = torch.tensor(centres[labels] + rng.normal(size=(40, 32)) * 0.1, dtype=torch.float32)
+    assert retrieval_recall(feats[::2], labels[::2], feats[1::2], labels[1::2], [1])["R@1"] == 100.0
+    noise = torch.tensor(rng.normal(size=(4000, 32)), dtype=torch.float32)
+    chance = retrieval_recall(noise[:2000], rng.integers(0, 4, 2000), noise[2000:], rng.integers(0, 4, 2000), [1])["R@1"]
+    assert 20 < chance < 30  # one class in four
+
+
+def test_knn_votes_by_majority():
+    gallery = torch.tensor([[1.0, 0], [0.9, 0.1], [0.8, 0.2], [0, 1.0], [0.1, 0.9]])
+    labels = np.array(["x", "x", "y", "y", "y"])
+    assert knn_accuracy(torch.tensor([[1.0, 0.05]]), np.array(["x"]), gallery, labels, 3) in (0.0, 100.0)
+    assert knn_accuracy(torch.tensor([[0.05, 1.0]]), np.array(["y"]), gallery, labels, 1) == 100.0
+
+
+def test_split_is_per_class_stable_and_leaves_both_sides_non_empty():
+    relpaths = [f"{c}/v{i}.mp4" for c in "abc" for i in range(4)]
+    labels = [p[0] for p in relpaths]
+    gallery = split_videos(relpaths, labels, 0.5)
+    assert all(gallery[[i for i, l in enumerate(labels) if l == c]].sum() == 2 for c in "abc")
+    assert (split_videos(list(reversed(relpaths)), list(reversed(labels)), 0.5) == gallery[::-1]).all()  # order-free
+    assert split_videos(["a/1", "a/2"], ["a", "a"], 0.9).tolist().count(False) == 1  # a query is always left
+
+
+def test_clip_starts_are_evenly_spaced_whole_clips():
+    assert clip_starts(48, 8, 4, 4) == [0, 6, 13, 19]  # last start 48 - 1 - 28 = 19
+    assert clip_starts(29, 8, 4, 4) == [0] and clip_starts(28, 8, 4, 4) == []
+
+
+def test_evaluate_stage_scores_every_model_on_the_demo(demo_sampled, tmp_path):
+    params = Params()
+    params = params.model_copy(update={
+        "dataset": DatasetParams(crop_size=32),
+        "train": TrainParams(encoder="compact", width=8, queue_size=16, batch_size=8, epochs=1, num_workers=0, local_dim=16,
+                             flow_width_ratio=0.5, flow_blocks=(1, 1, 1, 1)),
+    })  # fmt: skip
+    for method in ("mscl", "rgb_only"):
+        train(params.train, params.dataset, method=method, index=demo_sampled / "sample" / "clips.parquet",
+              store=demo_sampled / "store.zarr", flow_method="dis", out=tmp_path / "train" / method, progress=False)  # fmt: skip
+    summary = evaluate_stage.run(params, tmp_path / "train", demo_sampled / "demo" / "labels.parquet", demo_sampled / "decode",
+                                 demo_sampled / "store.zarr", tmp_path / "eval")  # fmt: skip
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"mscl", "rgb_only", "random", "margin"}
+    for name in ("mscl", "rgb_only", "random"):
+        assert set(metrics[name]) == {"R@1", "R@5", "R@10", "R@20", "R@50", "knn_top1"}
+        assert metrics[name]["R@1"] <= metrics[name]["R@5"] <= metrics[name]["R@50"] == 100.0
+    assert metrics["margin"]["mscl_vs_random_R@1"] == pytest.approx(metrics["mscl"]["R@1"] - metrics["random"]["R@1"])
+    assert summary.counts["labelled videos"] == 12 and summary.counts["query clips"] == 6 * 4
+    # Trained weights differ from random ones, so their features and scores are their own.
+    with pytest.raises(FileNotFoundError, match="train --method mscl"):
+        evaluate_stage.run(params, tmp_path / "nowhere", demo_sampled / "demo" / "labels.parquet", demo_sampled / "decode",
+                           demo_sampled / "store.zarr", tmp_path / "eval2")  # fmt: skip
