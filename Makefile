@@ -26,6 +26,7 @@ bench: setup
 	$(RUN) python bench/decode.py
 	$(RUN) python bench/flow.py
 	$(RUN) python bench/sample.py
+	$(RUN) python bench/loader.py
 
 doctor: setup
 	$(RUN) python cli.py doctor

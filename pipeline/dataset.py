@@ -332,23 +332,31 @@ class ClipLoader:
     """
 
     def __init__(self, dataset: MSCLClips, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
-                 worker_nice: int = 0, **kwargs):  # fmt: skip
+                 worker_nice: int = 0, drop_last: bool = False, **kwargs):  # fmt: skip
         dataset.block = batch_size
         self.dataset = dataset
         self.batch_size = batch_size
+        self.drop_last = drop_last  # skip a short last batch (batch norm needs more than one sample)
         init = functools.partial(_lower_priority, worker_nice) if worker_nice and num_workers else None
+        # DataLoader draws a base seed for its workers each time it starts a pass; from its own generator
+        # that draw leaves the global torch RNG (the trainer's, saved in checkpoints) untouched. Samples
+        # never use that seed: their randomness comes from (seed, epoch, item).
+        kwargs.setdefault("generator", torch.Generator().manual_seed(dataset.params.seed))
         self.loader = DataLoader(
             dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate,
             worker_init_fn=init, **kwargs,
         )  # fmt: skip
 
     def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
+        rounding = math.floor if self.drop_last else math.ceil
+        return rounding(len(self.dataset) / self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self.dataset.epoch
         for batch in self.loader:
             self.dataset.advance(len(batch["position"]))
+            if self.drop_last and len(batch["position"]) < self.batch_size:
+                continue  # only ever the last one: counted as consumed, not handed out
             yield batch
         if self.dataset.epoch == epoch and self.dataset.position >= self.dataset.epoch_length:
             self.dataset.set_epoch(epoch + 1)

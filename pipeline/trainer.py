@@ -114,8 +114,10 @@ def train(
                         with_flow=method == "mscl")  # fmt: skip
     # On CPU the workers share cores with the step: lower their priority so they fill idle time only.
     loader = ClipLoader(dataset, p.batch_size, num_workers=p.num_workers, pin_memory=device.type == "cuda",
-                        worker_nice=10 if device.type == "cpu" else 0)  # fmt: skip
+                        worker_nice=10 if device.type == "cpu" else 0, drop_last=True)  # fmt: skip
     steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{index}: {dataset.epoch_length} clips per rank cannot fill one batch of {p.batch_size}; lower train.batch_size")
     total_steps = p.epochs * steps_per_epoch
     warmup_steps = round(p.warmup_epochs * steps_per_epoch)
 
