@@ -141,7 +141,8 @@ class MSCL(nn.Module):
                          None if rot_local[v] is None else F.normalize(rot_local[v], dim=1), p.lmcl_temperature)
                     for v in views
                 ) / len(views)  # fmt: skip
-        weights = p.weights.model_dump()
+        # The baseline is plain MoCo: its one loss at weight 1, whatever MSCL's weights say.
+        weights = p.weights.model_dump() if self.use_flow else {"rgb": 1.0}
         weighted = {name: weights[name] * value for name, value in parts.items()}
         return sum(weighted.values()), weighted, keys
 

@@ -265,7 +265,8 @@ class DatasetParams(Section):
 
 
 class LossWeights(Section):
-    """Weight of each MSCL loss (all 1 in the paper)."""
+    """Weight of each MSCL loss (all 1 in the paper). The RGB-only baseline ignores them: its one loss
+    has weight 1."""
 
     rgb: float = Field(1.0, ge=0)
     flow: float = Field(1.0, ge=0)
@@ -313,7 +314,7 @@ class TrainParams(Section):
 class EvaluateParams(Section):
     """Retrieval and kNN probe of the trained RGB encoders (stages/evaluate.py)."""
 
-    clips_per_video: int = Field(4, ge=1, description="evenly spaced clips per video")
+    clips_per_video: int = Field(8, ge=1, description="evenly spaced clips per video")
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50], description="R@k")
     knn: int = Field(5, ge=1, description="neighbours of the kNN probe")
     gallery_share: float = Field(0.5, gt=0, lt=1, description="share of each class's videos in the gallery (train) split")

@@ -80,7 +80,7 @@ def test_evaluate_stage_scores_every_model_on_the_demo(demo_sampled, tmp_path):
         assert set(metrics[name]) == {"R@1", "R@5", "R@10", "R@20", "R@50", "knn_top1"}
         assert metrics[name]["R@1"] <= metrics[name]["R@5"] <= metrics[name]["R@50"] == 100.0
     assert metrics["margin"]["mscl_vs_random_R@1"] == pytest.approx(metrics["mscl"]["R@1"] - metrics["random"]["R@1"])
-    assert summary.counts["labelled videos"] == 12 and summary.counts["query clips"] == 6 * 4
+    assert summary.counts["labelled videos"] == 12 and summary.counts["query clips"] == 6 * 8
     # Trained weights differ from random ones, so their features and scores are their own.
     with pytest.raises(FileNotFoundError, match="train --method mscl"):
         evaluate_stage.run(params, tmp_path / "nowhere", demo_sampled / "demo" / "labels.parquet", demo_sampled / "decode",

@@ -112,10 +112,16 @@ def test_switches_choose_the_losses(update, parts):
 
 
 def test_rgb_only_is_plain_moco_and_weights_scale_their_loss():
-    model = MSCL(TINY, "rgb_only")
+    model = MSCL(TINY.model_copy(update={"weights": LossWeights(rgb=0.0)}), "rgb_only")  # the baseline keeps weight 1
     assert not hasattr(model, "flow") and not hasattr(model, "flow_queue")
-    _, weighted, keys = model({"rgb": batch()["rgb"]}, 0.99)
+    plain = MSCL(TINY, "rgb_only")
+    plain.load_state_dict(model.state_dict())
+    torch.manual_seed(0)
+    loss, weighted, keys = model({"rgb": batch()["rgb"]}, 0.99)
+    torch.manual_seed(0)
+    plain_loss, _, _ = plain({"rgb": batch()["rgb"]}, 0.99)
     assert set(weighted) == {"rgb"} and set(keys) == {"rgb"}
+    assert float(loss.detach()) > 0 and float(loss.detach()) == pytest.approx(float(plain_loss.detach()), rel=1e-6)
     heavy = MSCL(TINY.model_copy(update={"weights": LossWeights(lmcl=3.0)}))
     light = MSCL(TINY)
     light.load_state_dict(heavy.state_dict())
