@@ -145,7 +145,8 @@ def train(
                 print(f"resuming {out} at step {step} of {total_steps}")
         elif dist.main:
             print(f"{checkpoint_path}: saved with other params, starting afresh")
-    torch.manual_seed(p.seed + 1000 * dist.rank + step) if step == 0 else None  # per-rank key shuffles
+    if step == 0:  # a fresh run: each rank its own stream for the key shuffles (a resumed one restored its own)
+        torch.manual_seed(p.seed + 1000 * dist.rank)
     network = model
     if dist.world_size > 1:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
