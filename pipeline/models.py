@@ -6,8 +6,8 @@
 - Flow: a ResNet whose convolutions are 2D only (1x3x3) at a quarter of the RGB width (the
   authors' 16/32/64/128 next to r3d_18), with a stem of stride (2, 2, 2) over (2, 7, 7) so 8 flow
   frames become 4 time steps, each seeing two flow frames, and time kept to the end.
-- `Encoder`: either backbone, plus the MLP projection head (Linear-ReLU-Linear to 128, L2-normalised
-  by the loss) on the globally pooled last stage, and the time-keeping local features LMCL needs:
+- `Encoder`: either backbone, plus the MLP projection head (Linear-BN-ReLU-Linear to 128: the BN is
+  ours, as in SimCLR and MoCo v3; L2-normalised by the loss) on the globally pooled last stage, and the time-keeping local features LMCL needs:
   for RGB an FPN-style neck over stages 2-4 at stage 2's resolution, for flow its last stage; both
   pooled over space and projected to `local_dim`.
 """
@@ -106,7 +106,7 @@ class FlowResNet(ResNet3d):
 
 
 def projection_head(dim: int, out: int = 128) -> nn.Sequential:
-    """MoCo v2's head: Linear(d, d) - ReLU - Linear(d, out)."""
+    """MoCo v2's head, Linear(d, d) - ReLU - Linear(d, out), with batch norm after the first layer."""
     return nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
 
 
