@@ -366,6 +366,14 @@ def _lower_priority(nice: int, worker_id: int) -> None:
     os.nice(nice)
 
 
+def normalise_rgb(rgb: torch.Tensor, mean=KINETICS_MEAN, std=KINETICS_STD) -> torch.Tensor:
+    """uint8 RGB (..., 3, T, H, W) -> float (x/255 - mean)/std, on the tensor's device."""
+    shape = (3, 1, 1, 1)
+    m = torch.tensor(mean, device=rgb.device).view(shape)
+    s = torch.tensor(std, device=rgb.device).view(shape)
+    return (rgb.float() / 255.0 - m) / s
+
+
 def to_device(batch: dict[str, Any], device: torch.device | str, *, mean=KINETICS_MEAN, std=KINETICS_STD) -> dict[str, Any]:
     """Move a batch to `device` and only there make it float: RGB to (x/255 - mean)/std, flow to
     float32. Other tensors move as they are; non-tensors are kept."""
@@ -376,10 +384,7 @@ def to_device(batch: dict[str, Any], device: torch.device | str, *, mean=KINETIC
             continue
         value = value.to(device, non_blocking=True)
         if key == "rgb":
-            shape = (1,) * (value.dim() - 4) + (3, 1, 1, 1)
-            m = torch.tensor(mean, device=value.device).view(shape)
-            s = torch.tensor(std, device=value.device).view(shape)
-            value = (value.float() / 255.0 - m) / s
+            value = normalise_rgb(value, mean, std)
         elif key in ("flow", "flow_rot"):
             value = value.float()
         out[key] = value

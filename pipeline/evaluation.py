@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from pipeline.dataset import KINETICS_MEAN, KINETICS_STD
+from pipeline.dataset import normalise_rgb
 
 
 def split_videos(relpaths: list[str], labels: list[str], gallery_share: float) -> np.ndarray:
@@ -44,10 +44,7 @@ def centre_clip(frames: np.ndarray, size: int) -> torch.Tensor:
     """(T, H, W, 3) uint8 -> (3, T, size, size) float, normalised: short side resized to `size`, centre crop."""
     clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
     clip = TF.center_crop(TF.resize(clip, [size], antialias=True), [size, size])
-    clip = clip.float() / 255.0
-    mean = torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(KINETICS_STD).view(1, 3, 1, 1)
-    return ((clip - mean) / std).permute(1, 0, 2, 3)
+    return normalise_rgb(clip.permute(1, 0, 2, 3))
 
 
 def retrieval_recall(query: torch.Tensor, query_labels: np.ndarray, gallery: torch.Tensor, gallery_labels: np.ndarray,

@@ -143,8 +143,7 @@ class Encoder(nn.Module):
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The backbone alone, for fine-tuning elsewhere: r3d_18's loads strictly into torchvision's."""
-        net = self.backbone.net if isinstance(self.backbone, TorchvisionR3D) else self.backbone
-        return {k: v.detach().clone() for k, v in net.state_dict().items()}
+        return {k: v.detach().clone() for k, v in exported_module(self.backbone).state_dict().items()}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled last stage (B, widths[-1]): what retrieval and fine-tuning use."""
@@ -160,6 +159,12 @@ class Encoder(nn.Module):
         if self.modality == "rgb":
             return embedding, self.local(stages)
         return embedding, self.local(stages[-1].mean(dim=(3, 4)))
+
+
+def exported_module(backbone: nn.Module) -> nn.Module:
+    """The module whose state dict is the exported RGB encoder: torchvision's own r3d_18 inside our
+    wrapper (so keys match torchvision's), or the compact backbone itself."""
+    return backbone.net if isinstance(backbone, TorchvisionR3D) else backbone
 
 
 def rgb_backbone(name: Literal["compact", "r3d_18"], width: int, blocks: tuple[int, ...]) -> nn.Module:

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.evaluation import centre_clip, clip_starts, knn_accuracy, retrieval_recall, split_videos
-from pipeline.models import TorchvisionR3D, rgb_backbone
+from pipeline.models import exported_module, rgb_backbone
 from pipeline.store import open_frames
 from pipeline.tables import atomic_write_bytes, read_table
 from schemas.params import Params
@@ -35,7 +35,7 @@ def load_encoder(params: Params, weights: Path | None) -> torch.nn.Module:
     backbone = rgb_backbone(t.encoder, t.width, tuple(t.blocks))
     if weights is not None:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        (backbone.net if isinstance(backbone, TorchvisionR3D) else backbone).load_state_dict(state, strict=True)
+        exported_module(backbone).load_state_dict(state, strict=True)
     return backbone.eval()
 
 

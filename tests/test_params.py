@@ -18,11 +18,8 @@ def write(tmp_path: Path, data: dict) -> Path:
     return path
 
 
-def _keys(tree: dict, prefix: str = "") -> set[str]:
-    out = set()
-    for key, value in tree.items():
-        out |= _keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
-    return out
+def _keys(tree: dict) -> set[str]:
+    return {key for key, _ in _flatten(tree)}
 
 
 # The schema's defaults are the paper's; params.yaml sizes the demo for 2 CPU cores. These keys, and
@@ -39,8 +36,8 @@ def test_repo_params_file_is_valid_and_spells_out_every_key():
     defaults = Params().model_dump(mode="json", by_alias=True)
     assert _keys(raw) == _keys(defaults)  # every key written out, so the file documents them all
     ours = params.model_dump(mode="json", by_alias=True)
-    flat = lambda tree: {k: v for k, v in _flatten(tree)}  # noqa: E731
-    differing = {k for k, v in flat(ours).items() if v != flat(defaults)[k]}
+    paper = dict(_flatten(defaults))
+    differing = {key for key, value in _flatten(ours) if value != paper[key]}
     assert differing <= DEMO_SIZED, differing - DEMO_SIZED
 
 
