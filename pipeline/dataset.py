@@ -71,15 +71,18 @@ class ClipIndex:
     @classmethod
     def load(cls, path: str | Path, *, sampling: bool = True) -> "ClipIndex":
         """From the sample stage's clips.parquet: the selected clips, or with `sampling` off every
-        clip whose frames all exist (the index lists every candidate start)."""
+        clip whose frames all exist. Only complete clips are ever used: the tail starts that the
+        authors' convention ranks (and may select) have no whole clip."""
         try:
             table = _read_parquet(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no clip index; run the sample stage (python cli.py sample)") from None
-        missing = set(CLIP_INDEX.names) - set(table.column_names)
+        missing = set(CLIP_INDEX.names) - set(table.column_names) - {"complete"}  # indexes before it held complete clips only
         if missing:
             raise ValueError(f"{path}: not a clip index, columns {sorted(missing)} are missing")
         frame = table.select(["video_id", "start", "clip_len", "stride", "selected"]).to_pandas()
+        if "complete" in table.column_names:
+            frame = frame[table.column("complete").to_numpy(zero_copy_only=False)]
         if frame.empty:
             raise ValueError(f"{path}: the clip index is empty (every video was shorter than one clip, or none was sampled)")
         shapes = frame[["clip_len", "stride"]].drop_duplicates()

@@ -1,41 +1,92 @@
 """Motion Differential Sampling, per frame: how much the motion changes from one flow frame to the next.
 
 The authors' method (MSCL, section 4; ../shared/MSCL.md), for flow frames i of one video:
-  1. C_i: the flow colour-coded with the Middlebury colour wheel (each frame normalised by its own
-     largest vector, as the released code does), float in [0, 1];
+  1. C_i: the flow colour-coded with the Middlebury colour wheel, each frame normalised by its own
+     largest vector;
   2. M_i: the motion map, sqrt of the summed squared Sobel x/y derivatives of u and v;
   3. A_i: M_i averaged in 28x28 blocks, bilinearly upsampled back to (H, W), divided by its maximum;
   4. W_i = A_i * C_i;
   5. s_i = spatial mean of ||W_i - W_{i+1}||_2 over channels, the last frame repeating (s_last = 0).
+
+Two conventions compute it (`sample.convention`):
+- "authors": exactly as the release's `tools/ssl/generate_mcl_samples.py` (megvii-research/MSCL):
+  Sobel with `scipy.ndimage.sobel`'s borders (reflect, the edge pixel repeated), 28x28 block means
+  in floor mode (partial blocks at the right and bottom borders dropped before upsampling), and
+  the colour image of RAFT's `flow_viz.flow_to_image` (flow / (max + 1e-5), values 0-255);
+- "pipeline": Sobel with cv2's default borders (reflect-101), block means in ceil mode (partial
+  border blocks average the pixels they have, so motion near the right and bottom borders counts),
+  colours in [0, 1].
 Alternatives for ablations use the same differential on M_i or A_i alone, or the mean flow
-magnitude. Everything is vectorised over a video's frames with torch (CPU or GPU).
+magnitude. Everything is vectorised over a video's frames with torch, in float64; the scores are
+rounded to `SIGNIFICANT_DIGITS` so that the tables built from them are the same on every machine.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.utils import flow_to_image
+
+from pipeline.sampling import round_significant
 
 BLOCK = 28  # the authors' attention pooling block, in pixels
 FRAME_SCORES = ("mds", "motion_map_diff", "attention_diff", "flow_magnitude")
+Convention = Literal["pipeline", "authors"]
+CONVENTIONS = ("pipeline", "authors")
+SCORING_VERSION = 2  # bump when the scores change for the same flow and params (stored scores are then recomputed)
+AUTHORS_EPSILON = 1e-5  # RAFT's flow_viz.flow_to_image: flow / (largest vector + 1e-5)
 
-def colour_wheel(flow: torch.Tensor) -> torch.Tensor:
-    """(N, 2, H, W) flow -> (N, 3, H, W) float in [0, 1], each frame scaled by its largest vector."""
-    norms = flow.square().sum(dim=1).sqrt().amax(dim=(1, 2)).clamp_min(torch.finfo(flow.dtype).eps)
-    unit = flow / norms[:, None, None, None]
-    # flow_to_image scales by the largest vector of the whole batch, which is now 1 (or 0 for
-    # all-zero frames, which it leaves white): the per-frame scaling above is what counts.
-    return flow_to_image(unit).float() / 255.0
+# Middlebury colour wheel (Baker et al., "A Database and Evaluation Methodology for Optical Flow"):
+# 55 hues in six ramps red-yellow-green-cyan-blue-magenta, each as long as the count given here.
+_RAMPS = ((15, (255, 0, 0), (0, 1, 0)), (6, (255, 255, 0), (-1, 0, 0)), (4, (0, 255, 0), (0, 0, 1)),
+          (11, (0, 255, 255), (0, -1, 0)), (13, (0, 0, 255), (1, 0, 0)), (6, (255, 0, 255), (0, 0, -1)))  # fmt: skip
 
 
-def motion_map(flow: torch.Tensor) -> torch.Tensor:
+def _colour_wheel_table() -> torch.Tensor:
+    """(55, 3) float64 RGB in 0-255, each ramp moving one channel by floor(255 * k / count)."""
+    rows = []
+    for count, start, direction in _RAMPS:
+        for k in range(count):
+            step = np.floor(255 * k / count)
+            rows.append([s + d * step for s, d in zip(start, direction, strict=True)])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+WHEEL = _colour_wheel_table()
+
+
+def colour_code(flow: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """(N, 2, H, W) flow -> (N, 3, H, W) colour image, values 0-255 (integers, as a uint8 image holds).
+
+    Each frame is divided by (its largest vector's length + epsilon); hue is the direction and
+    saturation the length, as RAFT's and torchvision's flow_to_image draw it."""
+    largest = flow.square().sum(dim=1).sqrt().amax(dim=(1, 2))
+    unit = flow / (largest + epsilon).clamp_min(torch.finfo(flow.dtype).tiny)[:, None, None, None]
+    u, v = unit[:, 0], unit[:, 1]
+    radius = (u.square() + v.square()).sqrt()
+    count = len(WHEEL)
+    position = (torch.atan2(-v, -u) / torch.pi + 1) / 2 * (count - 1)
+    k0 = position.floor().long()
+    k1 = torch.where(k0 + 1 == count, 0, k0 + 1)
+    fraction = (position - k0)[:, None]
+    wheel = WHEEL.to(flow.device, flow.dtype)
+    colour = ((1 - fraction) * wheel[k0].permute(0, 3, 1, 2) + fraction * wheel[k1].permute(0, 3, 1, 2)) / 255
+    # Saturation grows with the length. (flow_viz darkens vectors longer than 1, which never occur
+    # after this normalisation; clamping keeps a rounding error of the largest one from doing so.)
+    colour = 1 - radius.clamp_max(1)[:, None] * (1 - colour)
+    return (255 * colour).floor()
+
+
+def motion_map(flow: torch.Tensor, border: Literal["reflect", "replicate"] = "reflect") -> torch.Tensor:
     """(N, 2, H, W) -> (N, H, W): sqrt of the summed squared Sobel derivatives of u and v.
 
-    The 3x3 Sobel kernels as shifted slices (the kernel is separable), with reflected borders as
-    cv2.Sobel's default: several times faster on a CPU than a conv2d with such small kernels."""
-    p = F.pad(flow, (1, 1, 1, 1), mode="reflect")
+    The 3x3 Sobel kernels as shifted slices (the kernel is separable): several times faster on a CPU
+    than a conv2d with such small kernels. `border`: "reflect" is cv2.Sobel's default (reflect-101:
+    the edge pixel is the mirror); "replicate" is scipy.ndimage.sobel's "reflect" (half-sample
+    symmetric: for a one-pixel border, the edge pixel repeated)."""
+    p = F.pad(flow, (1, 1, 1, 1), mode=border)
     right, left = p[..., 2:], p[..., :-2]
     horizontal = right - left  # [-1, 0, 1] along x, every row
     dx = horizontal[..., :-2, :] + 2 * horizontal[..., 1:-1, :] + horizontal[..., 2:, :]
@@ -45,13 +96,20 @@ def motion_map(flow: torch.Tensor) -> torch.Tensor:
     return (dx.square() + dy.square()).sum(dim=1).sqrt()
 
 
-def attention(motion: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+def attention(motion: torch.Tensor, block: int = BLOCK, *, partial_blocks: bool = True) -> torch.Tensor:
     """(N, H, W) motion maps -> (N, H, W) attention in [0, 1]: block means, upsampled, over the max.
-    Blocks cut by the border average the pixels they have."""
+
+    `partial_blocks`: blocks cut by the right and bottom borders average the pixels they have (ceil
+    mode); off, they are dropped as `avg_pool2d`'s floor mode does (the authors'). A frame with no
+    motion at all has attention 0 everywhere."""
     height, width = motion.shape[1:]
-    pooled = F.avg_pool2d(motion[:, None], block, stride=block, ceil_mode=True, count_include_pad=False)
+    if not partial_blocks and (height < block or width < block):
+        raise ValueError(f"flow of {width}x{height} is smaller than one {block}x{block} attention block; "
+                         f"lower sample.block or use sample.convention: pipeline")  # fmt: skip
+    pooled = F.avg_pool2d(motion[:, None], block, stride=block, ceil_mode=partial_blocks, count_include_pad=False)
     up = F.interpolate(pooled, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-    return up / up.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    top = up.amax(dim=(1, 2), keepdim=True)
+    return torch.where(top > 0, up / top.clamp_min(torch.finfo(up.dtype).tiny), 0.0)
 
 
 def _differential(maps: torch.Tensor) -> torch.Tensor:
@@ -62,29 +120,36 @@ def _differential(maps: torch.Tensor) -> torch.Tensor:
     return (maps - following).square().sum(dim=1).sqrt().mean(dim=(1, 2))
 
 
-def frame_scores(flow: np.ndarray, *, block: int = BLOCK, noise_floor: float = 0.0, device: str = "cpu") -> dict[str, np.ndarray]:
+def frame_scores(flow: np.ndarray, *, block: int = BLOCK, noise_floor: float = 0.0, convention: Convention = "pipeline",
+                 device: str = "cpu") -> dict[str, np.ndarray]:  # fmt: skip
     """(N, H, W, 2) flow of one video -> {score name: (N,) float32} for every name in FRAME_SCORES,
     plus the means of the motion map and the attention map. Raises ValueError on NaN or inf.
 
-    `noise_floor` (pixels/frame): vectors shorter than this count as no motion. 0 is the authors'
-    method exactly; above 0 it keeps their per-frame normalisations from blowing sub-pixel codec
-    noise of a static shot up into full-strength colours (a static video then scores 0)."""
+    Computed in float64 and rounded to SIGNIFICANT_DIGITS: the last bits of a float computation
+    depend on the CPU, the thread count and the batch shape; the rounded scores do not.
+    `noise_floor` (pixels/frame): vectors shorter than this count as no motion. With 0 and
+    `convention="authors"` this is the authors' method exactly; above 0 it keeps their per-frame
+    normalisations from blowing sub-pixel codec noise of a static shot up into full-strength colours
+    (a static video then scores 0)."""
     if flow.ndim != 4 or flow.shape[-1] != 2:
         raise ValueError(f"flow must be (N, H, W, 2), got {flow.shape}")
-    tensor = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(0, 3, 1, 2).contiguous().to(device)
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown MDS convention {convention!r}; allowed: {', '.join(CONVENTIONS)}")
+    authors = convention == "authors"
+    tensor = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float64)).permute(0, 3, 1, 2).contiguous().to(device)
     if not torch.isfinite(tensor).all():
         raise ValueError("flow contains NaN or infinite values")
     if noise_floor > 0:
         tensor = tensor * (tensor.square().sum(dim=1, keepdim=True) >= noise_floor**2)
-    motion = motion_map(tensor)
-    attn = attention(motion, block)
-    weighted = attn[:, None] * colour_wheel(tensor)
+    motion = motion_map(tensor, "replicate" if authors else "reflect")
+    attn = attention(motion, block, partial_blocks=not authors)
+    colour = colour_code(tensor, AUTHORS_EPSILON) if authors else colour_code(tensor, 0.0) / 255
     out = {
-        "mds": _differential(weighted),
+        "mds": _differential(attn[:, None] * colour),
         "motion_map_diff": _differential(motion),
         "attention_diff": _differential(attn),
         "flow_magnitude": tensor.square().sum(dim=1).sqrt().mean(dim=(1, 2)),
         "motion_map_mean": motion.mean(dim=(1, 2)),
         "attention_mean": attn.mean(dim=(1, 2)),
     }
-    return {name: values.cpu().numpy().astype(np.float32) for name, values in out.items()}
+    return {name: round_significant(values.cpu().numpy()).astype(np.float32) for name, values in out.items()}

@@ -1,7 +1,13 @@
 """Clip scoring and selection: pure arithmetic on per-frame scores, no I/O.
 
 A clip of length L and stride S starting at s uses frames and flows s + j*S, j < L. With n flow
-frames, the starts whose whole clip exists are 0 .. n-1-(L-1)*S: the candidates.
+frames, the starts whose whole clip exists are 0 .. n-1-(L-1)*S ("complete"). The candidates a
+selection rule ranks are those (the pipeline's convention), or every start 0 .. n-1 including the
+tail ones whose sums are cut short (the authors' `generate_mcl_samples.py`).
+
+Scores are rounded to SIGNIFICANT_DIGITS before they are ranked or compared, and ties go to the
+earlier start: the last bits of a float computation differ between CPUs and thread counts, and a
+selection or a table must not.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+SIGNIFICANT_DIGITS = 6  # float64 scores agree to ~15 digits across machines; 6 leaves a wide margin
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,17 @@ class Threshold:
     min_keep: int = 1  # keep at least this many per video (the best), so no video silently drops out
 
 
+def round_significant(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:
+    """float64 values rounded to `digits` significant decimal digits, by Python's correctly rounded
+    formatting: the same result on every platform (numpy's log10 and power may not be, in the last bit)."""
+    values = np.asarray(values, np.float64)
+    flat = [float(f"{value:.{digits - 1}e}") for value in values.ravel().tolist()]
+    return np.array(flat, np.float64).reshape(values.shape)
+
+
 def clip_scores(frame_scores: np.ndarray, spec: ClipSpec) -> np.ndarray:
-    """score[i] = (1/L) * sum over j < L with i + j*S < n of s[i + j*S], for every start i.
+    """score[i] = (1/L) * sum over j < L with i + j*S < n of s[i + j*S], for every start i, rounded
+    to SIGNIFICANT_DIGITS.
 
     Exactly the authors' formula: starts near the end sum fewer terms but still divide by L.
     """
@@ -48,21 +65,31 @@ def clip_scores(frame_scores: np.ndarray, spec: ClipSpec) -> np.ndarray:
         if offset >= n:
             break
         total[: n - offset] += frame_scores[offset:]
-    return total / spec.length
+    return round_significant(total / spec.length)
 
 
-def candidate_starts(num_flows: int, spec: ClipSpec) -> np.ndarray:
+def complete_starts(num_flows: int, spec: ClipSpec) -> np.ndarray:
     """Starts whose whole clip fits; empty for a video shorter than one clip."""
     return np.arange(max(0, num_flows - spec.span + 1))
+
+
+def candidate_starts(num_flows: int, spec: ClipSpec, convention: Literal["pipeline", "authors"] = "pipeline") -> np.ndarray:
+    """The starts a selection rule ranks: the complete ones (pipeline), or every start (authors).
+    The authors' rule counts tail starts too, whose cut-short sums drag the median down; a video
+    shorter than one clip has no candidate either way."""
+    complete = complete_starts(num_flows, spec)
+    if convention == "authors" and len(complete):
+        return np.arange(num_flows)
+    return complete
 
 
 def select(scores: np.ndarray, candidates: np.ndarray, threshold: Threshold) -> np.ndarray:
     """Boolean mask over `candidates`; ties in "top_k" and "min_keep" go to the earlier start.
 
-    The cut-off of "median" and "quantile" is taken over the candidates, so "median" keeps about the
-    top half of the usable clips. (Starts too late for a whole clip are scored but never candidates:
-    their sums are cut short, and counting them would drag the median down and keep nearly every
-    candidate of a short video.)"""
+    The cut-off of "median" and "quantile" is taken over the candidates: with the pipeline's
+    candidates (complete clips only) "median" keeps about the top half of the usable clips; with
+    the authors' (every start) the cut-short tail starts drag the median down, and a short video
+    keeps nearly every complete clip."""
     if len(candidates) == 0:
         return np.zeros(0, bool)
     values = scores[candidates]

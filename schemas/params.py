@@ -218,7 +218,13 @@ class SampleParams(Section):
     min_clips_per_video: int = Field(1, ge=0, description="keep at least this many (the best) per video")
     block: int = Field(28, ge=1, le=512, description="attention pooling block, pixels (the authors' 28)")
     noise_floor: float = Field(
-        0.5, ge=0, description="flow shorter than this (px/frame) counts as still; 0 is exactly the authors' method"
+        0.5, ge=0, description="flow shorter than this (px/frame) counts as still; 0 with convention: authors is the authors' method exactly"
+    )
+    convention: Literal["pipeline", "authors"] = Field(
+        "pipeline",
+        description="authors: every detail of the release's generate_mcl_samples.py (scipy Sobel borders, floor-mode blocks, "
+        "median over every start including the cut-short tail ones); pipeline: cv2 borders, partial border blocks kept, "
+        "median over complete clips (README: differences from the authors' release)",
     )
 
 

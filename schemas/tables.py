@@ -129,6 +129,7 @@ FRAME_SCORES = pa.schema(
 )
 
 # data/sample/clips.parquet: the clip index, every candidate start of every video (sample stage).
+# Candidates are the complete clips' starts, or with sample.convention: authors every start.
 CLIP_INDEX = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),
@@ -139,6 +140,8 @@ CLIP_INDEX = pa.schema(
         pa.field("rank", pa.int32(), nullable=False),  # 1 = highest score in its video
         pa.field("quantile", pa.float32(), nullable=False),  # share of the video's candidates scoring lower
         pa.field("selected", pa.bool_(), nullable=False),  # kept by Motion Differential Sampling
+        pa.field("complete", pa.bool_(), nullable=False),  # the whole clip exists (training uses only these);
+        # false only for the tail starts that sample.convention: authors ranks too
     ]
 )
 

@@ -6,8 +6,10 @@
     <out>/failures.parquet   videos with no clip: shorter than one clip, or bad flow
 
 Per-frame scores are the costly part (they read the flow); they are computed in parallel with dask,
-and kept: a re-run reuses a video's scores while its flow, `sample.block` and `sample.noise_floor` are unchanged, so a
-new clip length, stride, score or threshold re-runs in seconds and never touches the flow.
+and kept: a re-run reuses a video's scores while its flow, `sample.block`, `sample.noise_floor` and
+`sample.convention` are unchanged, so a new clip length, stride, score or threshold re-runs in
+seconds and never touches the flow. Scores are rounded before anything is ranked (pipeline.sampling),
+so the tables are byte-identical on every machine, whatever its CPU or thread count.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from pipeline import store
-from pipeline.mds import frame_scores
+from pipeline.mds import SCORING_VERSION, frame_scores
 from pipeline.parallel import map_progress
-from pipeline.sampling import ClipSpec, Threshold, candidate_starts, clip_scores, rank_and_quantile, select
+from pipeline.sampling import ClipSpec, Threshold, candidate_starts, clip_scores, complete_starts, rank_and_quantile, select
 from pipeline.tables import read_table, table_metadata, write_table
 from schemas.params import SampleParams
 from schemas.tables import CLIP_INDEX, FAILURES, FLOWED, FRAME_SCORES
@@ -39,6 +41,7 @@ class ScoreTask:
     method: str
     block: int
     noise_floor: float
+    convention: str
     frames: int  # flow frames, for the progress bar
 
 
@@ -55,7 +58,7 @@ def score_video(task: ScoreTask) -> dict[str, Any]:
         stop = min(start + BLOCK_FRAMES, n)
         block = np.asarray(flow[start : min(stop + 1, n)], np.float32)
         try:
-            scores = frame_scores(block, block=task.block, noise_floor=task.noise_floor)
+            scores = frame_scores(block, block=task.block, noise_floor=task.noise_floor, convention=task.convention)
         except ValueError as exc:
             return {"video_id": task.video_id, "error": f"{exc} in flow frames {start}-{stop - 1}"}
         for name in SCORE_COLUMNS:
@@ -69,7 +72,7 @@ def _frame_rows(video_id: str, scores: dict[str, np.ndarray]) -> list[dict[str, 
 
 
 def _previous_scores(out: Path, keys: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
-    """Per-frame scores of the last run for videos whose key (flow, block, noise floor) is unchanged."""
+    """Per-frame scores of the last run for videos whose key (flow, scoring params) is unchanged."""
     path = out / "frames.parquet"
     try:
         old_keys = table_metadata(path).get("video_keys", {})
@@ -85,19 +88,23 @@ def _previous_scores(out: Path, keys: dict[str, str]) -> dict[str, dict[str, np.
 
 
 def index_rows(video_id: str, frame: dict[str, np.ndarray], params: SampleParams) -> list[dict[str, Any]]:
-    """The clip index rows of one video from its per-frame scores (empty if it has no candidate)."""
+    """The clip index rows of one video from its per-frame scores (empty if it has no candidate).
+
+    Frame scores arrive as stored (float32), whether computed now or read back from frames.parquet,
+    so a re-run that reuses them gives the same bytes."""
     spec = ClipSpec(params.clip_len, params.stride)
     rule = Threshold(params.threshold, params.quantile, params.absolute, params.top_k, params.min_clips_per_video)
-    scores = clip_scores(frame[params.score], spec)
-    starts = candidate_starts(len(scores), spec)
+    scores = clip_scores(np.asarray(frame[params.score], np.float32), spec)
+    starts = candidate_starts(len(scores), spec, params.convention)
     if len(starts) == 0:
         return []
+    complete = np.isin(starts, complete_starts(len(scores), spec))
     keep = select(scores, starts, rule)
     rank, quantile = rank_and_quantile(scores[starts])
     return [
         {"video_id": video_id, "start": int(s), "clip_len": spec.length, "stride": spec.stride, "score": float(scores[s]),
-         "rank": int(r), "quantile": float(q), "selected": bool(k)}
-        for s, r, q, k in zip(starts, rank, quantile, keep, strict=True)
+         "rank": int(r), "quantile": float(q), "selected": bool(k), "complete": bool(c)}
+        for s, r, q, k, c in zip(starts, rank, quantile, keep, complete, strict=True)
     ]  # fmt: skip
 
 
@@ -113,11 +120,12 @@ def run(
     summary = Summary("sample")
     out, store_path = Path(out), str(Path(store_path).absolute())
     videos = read_table(Path(flowed) / "videos.parquet", FLOWED).to_pylist()
-    keys = {row["video_id"]: fingerprint(row["fingerprint"], params.block, params.noise_floor) for row in videos}
+    keys = {row["video_id"]: fingerprint(row["fingerprint"], params.block, params.noise_floor, params.convention, SCORING_VERSION)
+            for row in videos}  # fmt: skip
     scores = _previous_scores(out, keys)
     summary.add("videos scored before", len(scores))
-    tasks = [ScoreTask(row["video_id"], store_path, row["method"], params.block, params.noise_floor, row["num_pairs"])
-             for row in videos if row["video_id"] not in scores]  # fmt: skip
+    tasks = [ScoreTask(row["video_id"], store_path, row["method"], params.block, params.noise_floor, params.convention,
+                       row["num_pairs"]) for row in videos if row["video_id"] not in scores]  # fmt: skip
     failures = []
     relpaths = {row["video_id"]: row["relpath"] for row in videos}
     for result in map_progress(score_video, tasks, scheduler=scheduler, workers=workers, desc="sample", unit="frame",
@@ -141,7 +149,8 @@ def run(
     failures.sort(key=lambda row: row["video_id"])
     scored = {video_id: keys[video_id] for video_id in scores}
     write_table(out / "frames.parquet", frame_rows, FRAME_SCORES,
-                metadata={"block": params.block, "noise_floor": params.noise_floor, "video_keys": scored})  # fmt: skip
+                metadata={"block": params.block, "noise_floor": params.noise_floor, "convention": params.convention,
+                          "video_keys": scored})  # fmt: skip
     write_table(out / "clips.parquet", clip_rows, CLIP_INDEX, metadata={"params": params.model_dump(mode="json")})
     write_table(out / "failures.parquet", failures, FAILURES, metadata={"params": params.model_dump(mode="json")})
     summary.add("candidate clips", len(clip_rows))

@@ -103,3 +103,132 @@ def test_flow_stats_motion_map_is_the_same_map():
     magnitude = np.linalg.norm(flow, axis=-1)
     np.testing.assert_allclose(stats["p90_mag"], np.percentile(magnitude.reshape(3, -1), 90, axis=1), rtol=1e-6)
     np.testing.assert_allclose(stats["moving_frac"], (magnitude > 1.0).mean(axis=(1, 2)))
+
+
+# -- the authors' convention against a reference written from their release ----------------------
+# megvii-research/MSCL, tools/ssl/generate_mcl_samples.py with weight_type "rgb_map" and att_type
+# "max" (the paper's MDS), step by step in the release's own libraries and dtypes: float32 flow,
+# scipy.ndimage.sobel (borders "reflect"), torch avg_pool2d (floor mode) and bilinear interpolate,
+# RAFT's flow_viz colour image as uint8 then float32, the spatial mean of the channel norm of
+# W_i - W_{i+1}, clip weights summed over the starts that exist and divided by clip_len, and the
+# starts strictly above the median over every start.
+
+
+def authors_colorwheel() -> np.ndarray:
+    """flow_viz.make_colorwheel: each ramp moves one channel by floor(255 * k / count), up or down."""
+    ramps = [(15, 1, 0, 1), (6, 0, 1, -1), (4, 2, 1, 1), (11, 1, 2, -1), (13, 0, 2, 1), (6, 2, 0, -1)]  # count, moving, full, sign
+    rows = []
+    for count, moving, full, sign in ramps:
+        for k in range(count):
+            row = np.zeros(3)
+            row[full] = 255
+            step = np.floor(255 * k / count)
+            row[moving] = step if sign > 0 else 255 - step
+            rows.append(row)
+    return np.array(rows)
+
+
+def authors_colour_image(flow: np.ndarray) -> np.ndarray:
+    """RAFT's flow_viz.flow_to_image: flow / (max radius + 1e-5), Middlebury wheel, uint8 (H, W, 3)."""
+    wheel = authors_colorwheel()
+    u, v = flow[..., 0], flow[..., 1]
+    rad_max = np.max(np.sqrt(np.square(u) + np.square(v)))
+    u, v = u / (rad_max + 1e-5), v / (rad_max + 1e-5)
+    rad = np.sqrt(np.square(u) + np.square(v))
+    a = np.arctan2(-v, -u) / np.pi
+    fk = (a + 1) / 2 * (len(wheel) - 1)
+    k0 = np.floor(fk).astype(np.int32)
+    k1 = k0 + 1
+    k1[k1 == len(wheel)] = 0
+    f = fk - k0
+    image = np.zeros((*u.shape, 3), np.uint8)
+    for i in range(3):
+        col = (1 - f) * wheel[k0, i] / 255.0 + f * wheel[k1, i] / 255.0
+        inside = rad <= 1
+        col[inside] = 1 - rad[inside] * (1 - col[inside])
+        col[~inside] = col[~inside] * 0.75
+        image[..., i] = np.floor(255 * col)
+    return image
+
+
+def authors_frame_weights(flow: np.ndarray) -> list[np.ndarray]:
+    import torch
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    weights = []
+    for frame in flow.astype(np.float32):
+        u, v = frame[..., 0], frame[..., 1]
+        motion = np.sqrt(np.square(ndimage.sobel(u, axis=-1)) + np.square(ndimage.sobel(u, axis=0))
+                         + np.square(ndimage.sobel(v, axis=-1)) + np.square(ndimage.sobel(v, axis=0)))  # fmt: skip
+        cmp = torch.from_numpy(motion).unsqueeze(0).unsqueeze(0).float()
+        size = cmp.shape[-2:]
+        cmp = F.interpolate(F.avg_pool2d(cmp, kernel_size=(28, 28), stride=(28, 28)), size=size, mode="bilinear")[0, 0]
+        attention = (cmp / cmp.max()).unsqueeze(-1).numpy()
+        weights.append(attention * authors_colour_image(frame).astype(np.float32))
+    weights.append(weights[-1])
+    return [np.linalg.norm(weights[i] - weights[i + 1], axis=-1).mean((0, 1)) for i in range(len(weights) - 1)]
+
+
+def authors_chosen_starts(frame_weights: list[np.ndarray], clip_len: int = 8, clip_stride: int = 4) -> tuple[list, list[int]]:
+    n = len(frame_weights)
+    clip_weights = []
+    for i in range(n):
+        total = 0
+        for j in range(clip_len):
+            if i + j * clip_stride < n:
+                total += frame_weights[i + j * clip_stride]
+        clip_weights.append(total / clip_len)
+    median = np.median(clip_weights)
+    return clip_weights, [i for i, value in enumerate(clip_weights) if value > median]
+
+
+def moving_layers(frames: int, height: int = 128, width: int = 170, seed: int = 0) -> np.ndarray:
+    """Synthetic flow of a few objects whose speed changes over time on a drifting background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    flow = np.zeros((frames, height, width, 2), np.float32)
+    objects = [(rng.uniform(0, width), rng.uniform(0, height), rng.uniform(10, 40), rng.normal(0, 3, 2), rng.uniform(0.05, 0.3))
+               for _ in range(3)]  # fmt: skip
+    for t in range(frames):
+        flow[t] = rng.normal(0, 0.3, 2) + 0.5 * np.sin(0.1 * t)
+        for cx, cy, radius, velocity, wobble in objects:
+            x, y = cx + velocity[0] * t, cy + velocity[1] * t
+            inside = (xx - x % width) ** 2 + (yy - y % height) ** 2 < radius**2
+            flow[t][inside] = velocity * (1 + np.sin(wobble * t)) + rng.normal(0, 0.2, 2)
+    return cv2.GaussianBlur(flow.reshape(frames * height, width, 2), (0, 0), 1.0).reshape(frames, height, width, 2)
+
+
+@pytest.mark.parametrize("frames, seed", [(60, 0), (120, 1), (47, 2)])
+def test_authors_convention_reproduces_the_release_scores_and_selection(frames, seed):
+    from pipeline.sampling import ClipSpec, Threshold, candidate_starts, clip_scores, select
+
+    flow = moving_layers(frames, seed=seed)
+    reference = np.array(authors_frame_weights(flow))
+    ours = frame_scores(flow, convention="authors")["mds"]
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-6)
+    reference_clips, chosen = authors_chosen_starts(list(reference))
+    spec = ClipSpec(8, 4)
+    scores = clip_scores(ours, spec)
+    np.testing.assert_allclose(scores, reference_clips, rtol=1e-4)
+    starts = candidate_starts(frames, spec, "authors")
+    assert list(starts) == list(range(frames))  # every start, the cut-short tail ones too
+    kept = starts[select(scores, starts, Threshold("median", min_keep=0))]
+    assert list(kept) == chosen
+
+
+def test_the_two_conventions_differ_where_the_release_drops_borders_and_counts_tail_starts():
+    from pipeline.sampling import ClipSpec, candidate_starts
+
+    flow = np.zeros((3, 128, 170, 2), np.float32)
+    flow[:, 115:, :, 0] = 3.0  # motion only in the bottom 13 rows, below the last whole 28-pixel block
+    flow[1, 115:, :] = (0.0, 3.0)  # the middle frame moves down instead: its colour changes
+    pipeline_scores = frame_scores(flow, convention="pipeline")
+    authors_scores = frame_scores(flow, convention="authors")
+    assert pipeline_scores["attention_mean"][0] > 0  # the partial bottom blocks count
+    assert authors_scores["attention_mean"][0] == 0  # floor mode dropped them: no attention, no score
+    assert authors_scores["mds"][0] == 0 < pipeline_scores["mds"][0]
+    assert len(candidate_starts(47, ClipSpec(8, 4), "pipeline")) == 19
+    assert len(candidate_starts(47, ClipSpec(8, 4), "authors")) == 47
+    with pytest.raises(ValueError, match="smaller than one 28x28"):
+        frame_scores(np.ones((2, 20, 40, 2), np.float32), convention="authors")

@@ -127,3 +127,49 @@ def test_inspect_index_for_people_and_scripts(flowed, tmp_path):
     assert missing.exit_code == 1 and "no clips for video 'nope'" in missing.output
     # The README's one-liners.
     assert len(pd.read_parquet(tmp_path / "clips.parquet").query("selected")) == read_table(tmp_path / "clips.parquet").to_pandas().selected.sum()
+
+
+def test_tables_do_not_depend_on_threads_batch_shapes_or_blocks(flowed, tmp_path, monkeypatch):
+    """The last bits of a float computation depend on the thread count and the tensor shapes here,
+    and on the CPU elsewhere; the rounded scores and the tables built from them do not."""
+    import torch
+
+    from pipeline.mds import frame_scores
+
+    rows = read_table(flowed / "flow" / "videos.parquet", FLOWED).to_pylist()
+    threads = torch.get_num_threads()
+    try:
+        for row in rows:
+            flow = np.asarray(store.open_flow(str(flowed / "store.zarr"), row["method"], row["video_id"])[:], np.float32)
+            variants = []
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                variants.append(frame_scores(flow))  # the whole video at once
+                pairs = [frame_scores(flow[i : i + 2]) for i in range(len(flow) - 1)] + [frame_scores(flow[-1:])]
+                variants.append({name: np.concatenate([p[name][:1] for p in pairs]) for name in variants[0]})  # frame by frame
+            for other in variants[1:]:
+                for name, values in variants[0].items():
+                    assert values.tobytes() == other[name].tobytes(), (row["relpath"], name)
+    finally:
+        torch.set_num_threads(threads)
+    run_sample(flowed, tmp_path / "whole")
+    monkeypatch.setattr(sample_stage, "BLOCK_FRAMES", 5)  # the stage reads and scores 5 flows at a time
+    run_sample(flowed, tmp_path / "blocks")
+    for name in ("frames.parquet", "clips.parquet"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "blocks" / name).read_bytes()
+
+
+def test_authors_convention_lists_every_start_and_trains_only_on_complete_clips(flowed, tmp_path):
+    from pipeline.dataset import ClipIndex
+
+    params = SampleParams(convention="authors", noise_floor=0.0)
+    run_sample(flowed, tmp_path, params)
+    clips = clips_by_relpath(flowed, tmp_path)["cut_speed.avi"]
+    assert list(clips.start) == list(range(47))  # every start of 47 flows, the tail ones too
+    assert list(clips.complete) == [True] * 19 + [False] * 28
+    assert clips.selected.sum() > 19 / 2  # the cut-short tail drags the median down: more complete clips pass
+    index = ClipIndex.load(tmp_path / "clips.parquet")
+    assert all(start + 28 < 47 for start in index.starts)  # a selected tail start has no whole clip: never used
+    pipeline_run = run_sample(flowed, tmp_path / "pipeline")
+    assert pipeline_run.counts["videos scored now"] == 5  # another convention: the per-frame scores are recomputed
+    assert clips_by_relpath(flowed, tmp_path / "pipeline")["cut_speed.avi"].complete.all()
