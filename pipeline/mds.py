@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.flowviz import normalised_colours
 from pipeline.sampling import round_significant
 
 BLOCK = 28  # the authors' attention pooling block, in pixels
@@ -37,47 +38,7 @@ Convention = Literal["pipeline", "authors"]
 CONVENTIONS = ("pipeline", "authors")
 SCORING_VERSION = 2  # bump when the scores change for the same flow and params (stored scores are then recomputed)
 AUTHORS_EPSILON = 1e-5  # RAFT's flow_viz.flow_to_image: flow / (largest vector + 1e-5)
-
-# Middlebury colour wheel (Baker et al., "A Database and Evaluation Methodology for Optical Flow"):
-# 55 hues in six ramps red-yellow-green-cyan-blue-magenta, each as long as the count given here.
-_RAMPS = ((15, (255, 0, 0), (0, 1, 0)), (6, (255, 255, 0), (-1, 0, 0)), (4, (0, 255, 0), (0, 0, 1)),
-          (11, (0, 255, 255), (0, -1, 0)), (13, (0, 0, 255), (1, 0, 0)), (6, (255, 0, 255), (0, 0, -1)))  # fmt: skip
-
-
-def _colour_wheel_table() -> torch.Tensor:
-    """(55, 3) float64 RGB in 0-255, each ramp moving one channel by floor(255 * k / count)."""
-    rows = []
-    for count, start, direction in _RAMPS:
-        for k in range(count):
-            step = np.floor(255 * k / count)
-            rows.append([s + d * step for s, d in zip(start, direction, strict=True)])
-    return torch.tensor(rows, dtype=torch.float64)
-
-
-WHEEL = _colour_wheel_table()
-
-
-def colour_code(flow: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """(N, 2, H, W) flow -> (N, 3, H, W) colour image, values 0-255 (integers, as a uint8 image holds).
-
-    Each frame is divided by (its largest vector's length + epsilon); hue is the direction and
-    saturation the length, as RAFT's and torchvision's flow_to_image draw it."""
-    largest = flow.square().sum(dim=1).sqrt().amax(dim=(1, 2))
-    unit = flow / (largest + epsilon).clamp_min(torch.finfo(flow.dtype).tiny)[:, None, None, None]
-    u, v = unit[:, 0], unit[:, 1]
-    radius = (u.square() + v.square()).sqrt()
-    count = len(WHEEL)
-    position = (torch.atan2(-v, -u) / torch.pi + 1) / 2 * (count - 1)
-    k0 = position.floor().long()
-    k1 = torch.where(k0 + 1 == count, 0, k0 + 1)
-    fraction = (position - k0)[:, None]
-    wheel = WHEEL.to(flow.device, flow.dtype)
-    colour = ((1 - fraction) * wheel[k0].permute(0, 3, 1, 2) + fraction * wheel[k1].permute(0, 3, 1, 2)) / 255
-    # Saturation grows with the length. (flow_viz darkens vectors longer than 1, which never occur
-    # after this normalisation; clamping keeps a rounding error of the largest one from doing so.)
-    colour = 1 - radius.clamp_max(1)[:, None] * (1 - colour)
-    return (255 * colour).floor()
-
+PIPELINE_EPSILON = float(np.finfo(np.float32).eps)  # torchvision's flow_to_image
 
 def motion_map(flow: torch.Tensor, border: Literal["reflect", "replicate"] = "reflect") -> torch.Tensor:
     """(N, 2, H, W) -> (N, H, W): sqrt of the summed squared Sobel derivatives of u and v.
@@ -143,7 +104,7 @@ def frame_scores(flow: np.ndarray, *, block: int = BLOCK, noise_floor: float = 0
         tensor = tensor * (tensor.square().sum(dim=1, keepdim=True) >= noise_floor**2)
     motion = motion_map(tensor, "replicate" if authors else "reflect")
     attn = attention(motion, block, partial_blocks=not authors)
-    colour = colour_code(tensor, AUTHORS_EPSILON) if authors else colour_code(tensor, 0.0) / 255
+    colour = normalised_colours(tensor, AUTHORS_EPSILON) if authors else normalised_colours(tensor, PIPELINE_EPSILON) / 255
     out = {
         "mds": _differential(attn[:, None] * colour),
         "motion_map_diff": _differential(motion),
