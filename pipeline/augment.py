@@ -73,18 +73,22 @@ def rotate_vectors(flow: torch.Tensor, angle: float) -> torch.Tensor:
     return torch.stack([c * u - s * v, s * u + c * v], dim=-3)
 
 
+FLOW_NORMS = ("max_magnitude", "frame_max_magnitude", "fixed", "none")
+
+
 def normalise_flow(flow: torch.Tensor, mode: str, bound: float = 20.0) -> torch.Tensor:
-    """max_magnitude: each frame divided by its largest vector's length (the authors'), so every
-    frame's longest vector has length 1 and a still frame stays 0; fixed: divided by `bound` and
-    clipped to [-1, 1]; none: pixels of the output crop. Flow (T, 2, H, W)."""
+    """max_magnitude (and frame_max_magnitude, which the caller applies to the whole frame before
+    cropping): each frame divided by its largest vector's length, so every frame's longest vector
+    has length 1 and a still frame stays 0; fixed: divided by `bound` and clipped to [-1, 1]; none:
+    pixels of the output crop. Flow (T, 2, H, W)."""
     if mode == "none":
         return flow
     if mode == "fixed":
         return (flow / bound).clamp_(-1.0, 1.0)
-    if mode == "max_magnitude":
+    if mode in ("max_magnitude", "frame_max_magnitude"):
         top = flow.square().sum(1).sqrt().amax(dim=(1, 2)).clamp_min(1e-6)
         return flow / top.view(-1, 1, 1, 1)
-    raise ValueError(f"unknown flow normalisation {mode!r}; allowed: max_magnitude, fixed, none")
+    raise ValueError(f"unknown flow normalisation {mode!r}; allowed: {', '.join(FLOW_NORMS)}")
 
 
 class ViewAugment:
@@ -115,9 +119,13 @@ class ViewAugment:
                 rgb = F.resized_crop(rgb, *box, [p.crop_size, p.crop_size], antialias=True)
                 rgb = F.hflip(rgb) if flipped else rgb
             else:
+                whole_frame = p.flow_norm == "frame_max_magnitude"  # the authors': before the crop
+                if whole_frame:
+                    flow = normalise_flow(flow.float(), p.flow_norm)
                 rgb, flow = resized_crop(rgb, flow, box, (p.crop_size, p.crop_size))
                 if flipped:
                     rgb, flow = hflip(rgb, flow)
-                flow = normalise_flow(flow, p.flow_norm, p.flow_bound)
+                if not whole_frame:
+                    flow = normalise_flow(flow, p.flow_norm, p.flow_bound)
             rgb = self.colour(rgb)
         return rgb, flow, ViewGeometry(*box, flipped)

@@ -9,9 +9,12 @@
             ...
             checkpoint["dataset"] = dataset.state_dict()
 
-An epoch is the list of clips the index allows for view 1 (the MDS-selected starts, or every valid
-start with sampling off), shuffled by (seed, epoch), padded or cut to a multiple of the world size
-and dealt to the ranks like `DistributedSampler` deals indices. Within a rank, positions are cut
+An epoch is a list of items, shuffled by (seed, epoch), padded or cut to a multiple of the world size
+and dealt to the ranks like `DistributedSampler` deals indices. An item is a video (`dataset.epoch:
+per_video`, the authors': one sample per video, view 1 at one of its allowed starts drawn at
+random) or a clip (`per_clip`: every start the index allows for view 1 once, so a video with more
+selected clips weighs more). The allowed starts are the MDS-selected ones, or every valid start
+with sampling off. Within a rank, positions are cut
 into blocks of one batch and the blocks dealt to DataLoader workers in turn; DataLoader collects
 batches from its workers in the same turn, so the rank sees the same sequence of batches whatever
 the number of workers. Each sample draws its randomness from (seed, epoch, item) alone.
@@ -102,6 +105,11 @@ class ClipIndex:
     def __len__(self) -> int:
         return len(self.starts)
 
+    @property
+    def videos(self) -> list[str]:
+        """The videos with at least one allowed start, sorted."""
+        return list(self.allowed)
+
     def snap(self, video_id: str, target: int) -> int:
         """The allowed start of `video_id` nearest to `target` (ties: the earlier one)."""
         allowed = self.allowed[video_id]
@@ -148,8 +156,11 @@ class MSCLClips(IterableDataset):
         self.flow_method = flow_method
         self.params = params
         self.rank, self.world_size = _dist_rank_and_size(rank, world_size)
-        if params.drop_last and len(self.index) < self.world_size:
-            raise ValueError(f"{len(self.index)} clips cannot fill {self.world_size} ranks with drop_last; set dataset.drop_last: false")
+        self.per_video = params.epoch == "per_video"
+        self.videos = self.index.videos
+        if params.drop_last and self.num_items < self.world_size:
+            raise ValueError(f"{self.num_items} {params.epoch.removeprefix('per_')}s cannot fill {self.world_size} ranks with drop_last; "
+                             f"set dataset.drop_last: false")  # fmt: skip
         self.augment = ViewAugment(params)
         self.epoch = 0
         self.position = 0  # samples of this epoch already consumed on this rank
@@ -161,14 +172,19 @@ class MSCLClips(IterableDataset):
     # -- the epoch plan -------------------------------------------------------------------------
 
     @property
+    def num_items(self) -> int:
+        """Items of an epoch: videos (per_video) or clips of the index (per_clip)."""
+        return len(self.videos) if self.per_video else len(self.index)
+
+    @property
     def epoch_length(self) -> int:
         """Samples per epoch on every rank (the same on all)."""
-        n, world = len(self.index), self.world_size
+        n, world = self.num_items, self.world_size
         return n // world if self.params.drop_last else math.ceil(n / world)
 
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """This rank's epoch: the item (row of the index) at each position, and which are repeats."""
-        n = len(self.index)
+        """This rank's epoch: the item (a video, or a row of the index) at each position, and which are repeats."""
+        n = self.num_items
         order = np.random.default_rng([self.params.seed, epoch]).permutation(n) if self.params.shuffle else np.arange(n)
         total = self.epoch_length * self.world_size
         padding = np.zeros(total, bool)
@@ -189,13 +205,13 @@ class MSCLClips(IterableDataset):
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch, "position": self.position, "seed": self.params.seed, "rank": self.rank,
-            "world_size": self.world_size, "num_clips": len(self.index),
+            "world_size": self.world_size, "num_items": self.num_items,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where the saved run stopped. The world size, the seed and the index must
         be the ones it ran with, or the saved position would point into a different sequence."""
-        for key, mine in (("world_size", self.world_size), ("seed", self.params.seed), ("num_clips", len(self.index))):
+        for key, mine in (("world_size", self.world_size), ("seed", self.params.seed), ("num_items", self.num_items)):
             if state[key] != mine:
                 raise ValueError(f"cannot resume: the saved dataset state has {key}={state[key]}, this run has {mine}")
         if not 0 <= state["position"] <= self.epoch_length:
@@ -219,8 +235,8 @@ class MSCLClips(IterableDataset):
     # -- one sample -----------------------------------------------------------------------------
 
     def sample(self, item: int, position: int = 0, padding: bool = False) -> dict[str, Any]:
-        """The sample of view-1 clip `item` in the current epoch (a pure function of seed, epoch,
-        item and whether it is a repeat)."""
+        """The sample of `item` (a video or a view-1 clip) in the current epoch (a pure function of
+        seed, epoch, item and whether it is a repeat)."""
         p = self.params
         video_id, (start1, start2), angle, view_seeds = self.draw(item, padding)
         rgbs, flows, crops, flips = [], [], [], []
@@ -256,7 +272,12 @@ class MSCLClips(IterableDataset):
         seed for each view's augmentation. From (seed, epoch, item, repeat) alone."""
         p = self.params
         rng = np.random.default_rng([p.seed, self.epoch, item, int(padding)])
-        video_id, start1 = str(self.index.video_ids[item]), int(self.index.starts[item])
+        if self.per_video:
+            video_id = self.videos[item]
+            allowed = self.index.allowed[video_id]
+            start1 = int(allowed[rng.integers(len(allowed))])
+        else:
+            video_id, start1 = str(self.index.video_ids[item]), int(self.index.starts[item])
         start2 = self.index.snap(video_id, start1 + int(rng.integers(-p.view2_window, p.view2_window + 1)))
         angle = FRA_ANGLES[int(rng.integers(len(FRA_ANGLES)))]
         return video_id, (start1, start2), angle, [int(x) for x in rng.integers(0, 2**63 - 1, size=VIEWS)]

@@ -20,7 +20,7 @@ SAMPLE = {
     "crop": ("int64", "(V, 4)", "each view's crop box in stored pixels: top, left, height, width"),
     "flip": ("bool", "(V,)", "whether each view was flipped horizontally"),
     "video_id": ("str", "()", "the video's id (a list of str in a batch)"),
-    "item": ("int64", "()", "row of view 1's clip in the epoch's clip list (ClipIndex.items)"),
+    "item": ("int64", "()", "the epoch's item: a video (dataset.epoch: per_video, in ClipIndex.videos) or view 1's clip (per_clip, a row of the ClipIndex)"),
     "position": ("int64", "()", "place of the sample in this rank's epoch; the loader's resume point counts these"),
     "padding": ("bool", "()", "a repeat that pads this rank to the common epoch length (drop_last: false)"),
 }

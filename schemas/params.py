@@ -234,6 +234,10 @@ class DatasetParams(Section):
     Clip length and stride are `sample.clip_len` and `sample.stride`: the clip index is built for
     them, and the dataset reads them from it. Defaults are the authors' (../shared/MSCL.md, section 5)."""
 
+    epoch: Literal["per_video", "per_clip"] = Field(
+        "per_video", description="per_video: one sample per video, view 1 at a random allowed start (the authors'); "
+        "per_clip: every allowed view-1 clip once (videos with more selected clips weigh more)",
+    )
     sampling: bool = Field(True, description="draw view 1 from the MDS-selected starts; false: every valid start (the ablation)")
     view2_window: int = Field(64, ge=0, description="view 2 starts at start1 + U[-window, window] frames, snapped to an allowed start")
     crop_size: int = Field(112, ge=8, le=1024, description="side of the square output crop, pixels")
@@ -245,10 +249,15 @@ class DatasetParams(Section):
     grayscale_p: float = Field(0.2, ge=0, le=1)
     blur_p: float = Field(0.5, ge=0, le=1)
     blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Gaussian blur sigma range, pixels of the output crop")
-    flow_norm: Literal["max_magnitude", "fixed", "none"] = Field(
-        "max_magnitude", description="max_magnitude: each flow frame / its largest vector (the authors'); fixed: / flow_bound, clipped"
+    flow_norm: Literal["max_magnitude", "frame_max_magnitude", "fixed", "none"] = Field(
+        "frame_max_magnitude", description="frame_max_magnitude: each stored flow frame / its largest vector, before the crop (the authors'); "
+        "max_magnitude: the same on the crop; fixed: / flow_bound, clipped to [-1, 1]; none: pixels of the crop",
     )
     flow_bound: float = Field(20.0, gt=0, description="with flow_norm: fixed, pixels/frame that map to 1")
+    flow_input: Literal["uv", "colour"] = Field(
+        "uv", description="what the flow encoder reads: uv, the 2-channel field, through a (2,7,7) stem; colour, the authors': "
+        "the field drawn in the Middlebury colour wheel, through their (1,7,7) stem",
+    )
     rotation: bool = Field(True, description="Flow Rotation Augmentation: also yield the flow rotated by b = (0.2 + 0.2k)pi")
     cache_mb: int = Field(0, ge=0, description="per process: keep whole decoded videos in memory (LRU) up to this many MiB; 0 reads each clip from the store")
     shuffle: bool = True

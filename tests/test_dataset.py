@@ -21,7 +21,8 @@ from schemas.params import DatasetParams, SampleParams
 from stages import sample as sample_stage
 
 # Small crops and no colour work: these tests are about which pixels and vectors arrive, not speed.
-FAST = DatasetParams(crop_size=24, color_jitter_p=0, grayscale_p=0, blur_p=0)
+# An item is a clip of the index unless a test says otherwise.
+FAST = DatasetParams(crop_size=24, color_jitter_p=0, grayscale_p=0, blur_p=0, epoch="per_clip")
 EXACT = FAST.model_copy(update={"flow_norm": "none"})
 
 
@@ -167,7 +168,7 @@ def test_resume_mid_epoch_gives_the_remaining_sequence(fixture_index, store):
 
 
 def test_sample_keys_dtypes_and_shapes(fixture_index, store):
-    sample = make(fixture_index, store, DatasetParams(crop_size=32)).sample(3)
+    sample = make(fixture_index, store, DatasetParams(crop_size=32, epoch="per_clip", flow_norm="max_magnitude")).sample(3)
     assert set(sample) == set(SAMPLE)
     for key, (dtype, _, _) in SAMPLE.items():
         if dtype != "str":
@@ -283,7 +284,8 @@ def test_rotated_flow_is_the_flow_turned_by_the_sample_angle(fixture_index, stor
 
 
 def test_dataloader_with_two_workers_runs_a_full_epoch_on_the_demo(demo_sampled):
-    dataset = MSCLClips(demo_sampled / "sample" / "clips.parquet", demo_sampled / "store.zarr", "dis", DatasetParams(crop_size=64))
+    dataset = MSCLClips(demo_sampled / "sample" / "clips.parquet", demo_sampled / "store.zarr", "dis",
+                        DatasetParams(crop_size=64, epoch="per_clip"))  # fmt: skip
     batches = run_epoch(dataset, batch_size=8, num_workers=2)
     items = torch.cat([b["item"] for b in batches]).tolist()
     assert sorted(items) == list(range(len(dataset.index))) and len(dataset.index) > 40
@@ -315,3 +317,44 @@ def test_rgb_only_reads_no_flow_and_keeps_the_same_rgb(fixture_index, store):
     rgb_only = MSCLClips(fixture_index, store, "no-such-flow-method", FAST, with_flow=False).sample(5)
     assert "flow" not in rgb_only and "flow_rot" not in rgb_only
     assert torch.equal(both["rgb"], rgb_only["rgb"]) and torch.equal(both["crop"], rgb_only["crop"])
+
+
+# -- the authors' epoch and flow scaling ------------------------------------------------------
+
+
+def test_a_per_video_epoch_has_every_video_once_at_a_random_allowed_start(fixture_index, store):
+    params = FAST.model_copy(update={"epoch": "per_video"})
+    index = ClipIndex.load(fixture_index)
+    assert len(index.videos) == 5 < len(index)
+    starts: dict[str, set[int]] = {}
+    for epoch in range(6):
+        seen = []
+        for rank in range(2):
+            dataset = make(fixture_index, store, params, rank=rank, world_size=2)
+            dataset.set_epoch(epoch)
+            batches = run_epoch(dataset, batch_size=2, num_workers=2)
+            assert dataset.epoch_length == 3  # 5 videos over 2 ranks: one flagged repeat
+            for batch in batches:
+                for vid, item, start, padding in zip(batch["video_id"], batch["item"], batch["start"][:, 0], batch["padding"], strict=True):
+                    assert vid == index.videos[int(item)] and int(start) in index.allowed[vid]
+                    if not padding:
+                        seen.append(vid)
+                        starts.setdefault(vid, set()).add(int(start))
+        assert sorted(seen) == index.videos  # every video exactly once per epoch
+    assert sum(len(s) for s in starts.values()) > len(starts)  # view 1 moves between the allowed starts
+    assert make(fixture_index, store, params).state_dict()["num_items"] == 5
+
+
+def test_frame_max_magnitude_scales_the_whole_stored_frame_before_the_crop(fixture_index, store):
+    """The authors' flow scaling: each stored flow frame over its longest vector, then cropped and
+    resized like the RGB (vectors scaled by the resize factors)."""
+    dataset = make(fixture_index, store, FAST.model_copy(update={"flow_norm": "frame_max_magnitude", "flip": 0.0}))
+    for item in (0, 7, 13):
+        sample = dataset.sample(item)
+        flows = open_flow(store, "dis", sample["video_id"])
+        start = int(sample["start"][0])
+        top, left, h, w = sample["crop"][0].tolist()
+        stored = torch.from_numpy(flows.oindex[[start + 4 * j for j in range(8)]]).permute(0, 3, 1, 2).float()
+        whole = stored / stored.norm(dim=1).amax(dim=(1, 2)).view(-1, 1, 1, 1)
+        expected = F.resize(whole[..., top : top + h, left : left + w], [24, 24], antialias=True) * torch.tensor([24 / w, 24 / h]).view(1, 2, 1, 1)
+        assert torch.allclose(sample["flow"][0].float(), expected.permute(1, 0, 2, 3), atol=2e-3, rtol=1e-3)
