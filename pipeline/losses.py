@@ -36,6 +36,10 @@ def lmcl(rgb: torch.Tensor, flow: torch.Tensor, flow_rotated: torch.Tensor | Non
     Similarities of RGB step t to the flow's steps and the rotated flow's steps, (B, T, 2T) / T_emp,
     cross-entropy with label t. Without rotated flow the negatives are the other time steps only.
     """
+    if flow.shape != rgb.shape or (flow_rotated is not None and flow_rotated.shape != rgb.shape):
+        rotated = "" if flow_rotated is None else f", rotated flow {tuple(flow_rotated.shape)}"
+        raise ValueError(f"LMCL pairs RGB and flow time steps one to one: RGB features {tuple(rgb.shape)}, "
+                         f"flow {tuple(flow.shape)}{rotated}")  # fmt: skip
     candidates = flow if flow_rotated is None else torch.cat([flow, flow_rotated], dim=2)  # (B, C, T or 2T)
     logits = torch.einsum("bct,bcs->bts", rgb, candidates) / temperature  # (B, T, T or 2T)
     steps = rgb.shape[2]

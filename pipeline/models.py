@@ -4,8 +4,12 @@
   with a chosen width and depth for CPU runs. torchvision's `VideoResNet` fixes its widths at
   64-512, hence our own few lines for the compact one.
 - Flow: a ResNet whose convolutions are 2D only (1x3x3) at a quarter of the RGB width (the
-  authors' 16/32/64/128 next to r3d_18), with a stem of stride (2, 2, 2) over (2, 7, 7) so 8 flow
-  frames become 4 time steps, each seeing two flow frames, and time kept to the end.
+  authors' 16/32/64/128 next to r3d_18), with a stem of time stride 2 and time kept to the end, so
+  a clip of T flow frames gives ceil(T/2) time steps, as many as the RGB encoder's stage 2 (LMCL
+  pairs them step by step). Two inputs (`dataset.flow_input`): "uv", the (u, v) field, through a
+  (2, 7, 7) stem so each step sees two flow frames (an odd clip gets a still frame appended); or
+  "colour", the authors' colour-wheel image, through their (1, 7, 7) stem, which reads flow frames
+  0, 2, 4, ... and skips the odd ones.
 - `Encoder`: either backbone, plus the MLP projection head (Linear-BN-ReLU-Linear to 128: the BN is
   ours, as in SimCLR and MoCo v3; L2-normalised by the loss) on the globally pooled last stage, and the time-keeping local features LMCL needs:
   for RGB an FPN-style neck over stages 2-4 at stage 2's resolution, for flow its last stage; both
@@ -17,6 +21,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.video import r3d_18
 
@@ -97,12 +102,26 @@ class TorchvisionR3D(nn.Module):
         return out
 
 
-class FlowResNet(ResNet3d):
-    """2D-only ResNet over (2, T, H, W) flow: (1,3,3) convolutions, time halved once by the stem."""
+FlowInput = Literal["uv", "colour"]
+FLOW_CHANNELS = {"uv": 2, "colour": 3}
 
-    def __init__(self, widths: tuple[int, int, int, int], blocks: tuple[int, ...] = (2, 2, 2, 2)):
-        super().__init__(2, widths, blocks, stem_kernel=(2, 7, 7), stem_stride=(2, 2, 2), kernel=(1, 3, 3),
-                         strides=((1, 1, 1), (1, 2, 2), (1, 2, 2), (1, 2, 2)))  # fmt: skip
+
+class FlowResNet(ResNet3d):
+    """2D-only ResNet over (C, T, H, W) flow: (1,3,3) convolutions, time halved once by the stem, to
+    ceil(T/2) steps. "uv": (u, v) through a (2, 7, 7) stem; "colour": 3 channels through (1, 7, 7)."""
+
+    def __init__(self, widths: tuple[int, int, int, int], blocks: tuple[int, ...] = (2, 2, 2, 2), flow_input: FlowInput = "uv"):
+        if flow_input not in FLOW_CHANNELS:
+            raise ValueError(f"unknown flow input {flow_input!r}; allowed: {', '.join(FLOW_CHANNELS)}")
+        stem_time = 2 if flow_input == "uv" else 1
+        super().__init__(FLOW_CHANNELS[flow_input], widths, blocks, stem_kernel=(stem_time, 7, 7), stem_stride=(2, 2, 2),
+                         kernel=(1, 3, 3), strides=((1, 1, 1), (1, 2, 2), (1, 2, 2), (1, 2, 2)))  # fmt: skip
+        self.flow_input = flow_input
+
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.flow_input == "uv" and x.shape[2] % 2:
+            x = F.pad(x, (0, 0, 0, 0, 0, 1))  # a still flow frame, so the pair stem gives ceil(T/2) steps
+        return super().stages(x)
 
 
 def projection_head(dim: int, out: int = 128) -> nn.Sequential:
@@ -175,6 +194,7 @@ def rgb_backbone(name: Literal["compact", "r3d_18"], width: int, blocks: tuple[i
     raise ValueError(f"unknown RGB encoder {name!r}; allowed: compact, r3d_18")
 
 
-def flow_backbone(rgb_widths: tuple[int, ...], ratio: float, blocks: tuple[int, ...] = (2, 2, 2, 2)) -> FlowResNet:
+def flow_backbone(rgb_widths: tuple[int, ...], ratio: float, blocks: tuple[int, ...] = (2, 2, 2, 2),
+                  flow_input: FlowInput = "uv") -> FlowResNet:  # fmt: skip
     widths = tuple(max(4, round(w * ratio)) for w in rgb_widths)
-    return FlowResNet(widths, blocks)  # type: ignore[arg-type]
+    return FlowResNet(widths, blocks, flow_input)  # type: ignore[arg-type]

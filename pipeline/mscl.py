@@ -11,9 +11,15 @@ One step, per batch of two views (1, 2) of each video:
 Every loss reads the queues as they were before this step; the step's keys are pushed only after
 (the authors' release reads the flow queue after pushing, so a positive is among its negatives).
 
-Keys are computed with "shuffled BN" as MoCo does across GPUs: the key batch is permuted and cut
-into `bn_splits` parts with their own batch statistics, so a query and its key never share them
-(a shared batch statistic lets the model find its positive without learning anything).
+Batch norm sees `bn_splits` parts of a batch at a time, as MoCo's split BN stands in for one GPU's
+batch each on one device: queries in their order, keys after a random permutation ("shuffled BN"),
+so a query and its key never share batch statistics (a shared statistic lets the model find its
+positive without learning anything). The permutations come from a CPU generator of the model's
+own, which checkpoints hold: a resumed run repeats them on any device.
+
+The cross-modal losses are added at weight 1 each (RGB->flow and flow->RGB, and both again with the
+rotated flow), as the authors' release adds them; `weights.cross` and `weights.cross_rot` scale
+each pair's sum.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.flowviz import wheel_colours
 from pipeline.losses import info_nce, lmcl
-from pipeline.models import Encoder, flow_backbone, rgb_backbone
+from pipeline.models import Encoder, FlowInput, flow_backbone, rgb_backbone
 from schemas.params import TrainParams
 
 Method = Literal["mscl", "rgb_only"]
@@ -48,12 +55,13 @@ def _gather(x: torch.Tensor) -> torch.Tensor:
 
 
 class MSCL(nn.Module):
-    def __init__(self, params: TrainParams, method: Method = "mscl"):
+    def __init__(self, params: TrainParams, method: Method = "mscl", *, flow_input: FlowInput = "uv"):
         super().__init__()
         if method not in ("mscl", "rgb_only"):
             raise ValueError(f"unknown method {method!r}; allowed: mscl, rgb_only")
-        self.params, self.method = params, method
+        self.params, self.method, self.flow_input = params, method, flow_input
         p = params
+        self.shuffle_generator = torch.Generator().manual_seed(p.seed)  # shuffled-BN permutations (state in checkpoints)
         self.use_flow = method == "mscl"
         self.use_lmcl = self.use_flow and p.lmcl
         self.use_fra = self.use_flow and p.fra
@@ -63,7 +71,7 @@ class MSCL(nn.Module):
         self.rgb_key = self._key_copy(self.rgb)
         self.register_buffer("rgb_queue", F.normalize(torch.randn(p.queue_size, p.embed_dim), dim=1))
         if self.use_flow:
-            flow = flow_backbone(backbone.widths, p.flow_width_ratio, tuple(p.flow_blocks))
+            flow = flow_backbone(backbone.widths, p.flow_width_ratio, tuple(p.flow_blocks), flow_input)
             self.flow = Encoder(flow, "flow", p.embed_dim, p.local_dim if self.use_lmcl else None)
             self.flow_key = self._key_copy(self.flow)
             self.register_buffer("flow_queue", F.normalize(torch.randn(p.queue_size, p.embed_dim), dim=1))
@@ -85,25 +93,30 @@ class MSCL(nn.Module):
             for q, k in zip(query.parameters(), key.parameters(), strict=True):
                 k.mul_(momentum).add_(q.detach(), alpha=1.0 - momentum)
 
+    def _bn_parts(self, batch: int) -> int:
+        """How many parts batch norm sees a batch in (1 when parts would hold fewer than 2 clips)."""
+        splits = self.params.bn_splits
+        return splits if splits > 1 and batch >= 2 * splits else 1
+
     @torch.no_grad()
     def _keys(self, encoder: Encoder, x: torch.Tensor) -> torch.Tensor:
-        splits = self.params.bn_splits
-        if splits <= 1 or len(x) < 2 * splits:
+        parts = self._bn_parts(len(x))
+        if parts == 1:
             return F.normalize(encoder(x)[0], dim=1)
-        order = torch.randperm(len(x), device=x.device)
-        keys = torch.cat([encoder(x[part])[0] for part in order.chunk(splits)])
+        order = torch.randperm(len(x), generator=self.shuffle_generator).to(x.device)
+        keys = torch.cat([encoder(x[part])[0] for part in order.chunk(parts)])
         return F.normalize(keys[torch.argsort(order)], dim=1)
 
     @torch.no_grad()
     def enqueue(self, keys: dict[str, torch.Tensor]) -> None:
-        """Push this step's keys (from every rank) over the oldest entries of each queue."""
+        """Push this step's keys (from every rank) over the oldest entries of each queue; a queue
+        smaller than the global batch keeps the newest of them."""
         ptr = int(self.queue_ptr)
         size = self.params.queue_size
         for name, key in keys.items():
-            key = _gather(key.detach().float())
+            key = _gather(key.detach().float())[-size:]
             queue = getattr(self, f"{name}_queue")
-            rows = (ptr + torch.arange(len(key), device=key.device)) % size
-            queue[rows] = key[-size:] if len(key) > size else key
+            queue[(ptr + torch.arange(len(key), device=key.device)) % size] = key
         self.queue_ptr.fill_((ptr + len(key)) % size)
 
     # -- one step ---------------------------------------------------------------------------------
@@ -122,19 +135,21 @@ class MSCL(nn.Module):
         keys = {"rgb": rgb_k[1]}
         if self.use_flow:
             flow_queue = self.flow_queue.clone()
-            flow_q, flow_local = zip(*(self._query(self.flow, batch["flow"][:, v], self.use_lmcl) for v in views), strict=True)
-            flow_k = [self._keys(self.flow_key, batch["flow"][:, v]) for v in views]
+            flow = self.flow_view(batch["flow"])
+            flow_q, flow_local = zip(*(self._query(self.flow, flow[:, v], self.use_lmcl) for v in views), strict=True)
+            flow_k = [self._keys(self.flow_key, flow[:, v]) for v in views]
             parts["flow"] = self._pairs(flow_q, flow_k, flow_queue, t)
             keys["flow"] = flow_k[1]
             rot_local = [None, None]
             if self.use_fra:
-                rot_q, rot_local = zip(*(self._query(self.flow, batch["flow_rot"][:, v], self.use_lmcl) for v in views), strict=True)
-                rot_k = [self._keys(self.flow_key, batch["flow_rot"][:, v]) for v in views]
+                rotated = self.flow_view(batch["flow_rot"])
+                rot_q, rot_local = zip(*(self._query(self.flow, rotated[:, v], self.use_lmcl) for v in views), strict=True)
+                rot_k = [self._keys(self.flow_key, rotated[:, v]) for v in views]
                 parts["flow_rot"] = self._pairs(rot_q, rot_k, flow_queue, t)
-            if self.use_cross:
-                parts["cross"] = (self._pairs(rgb_q, flow_k, flow_queue, t) + self._pairs(flow_q, rgb_k, rgb_queue, t)) / 2
+            if self.use_cross:  # both directions, each at weight 1 (the authors' sum)
+                parts["cross"] = self._pairs(rgb_q, flow_k, flow_queue, t) + self._pairs(flow_q, rgb_k, rgb_queue, t)
                 if self.use_fra:
-                    parts["cross_rot"] = (self._pairs(rgb_q, rot_k, flow_queue, t) + self._pairs(rot_q, rgb_k, rgb_queue, t)) / 2
+                    parts["cross_rot"] = self._pairs(rgb_q, rot_k, flow_queue, t) + self._pairs(rot_q, rgb_k, rgb_queue, t)
             if self.use_lmcl:
                 parts["lmcl"] = sum(
                     lmcl(F.normalize(rgb_local[v], dim=1), F.normalize(flow_local[v], dim=1),
@@ -146,9 +161,18 @@ class MSCL(nn.Module):
         weighted = {name: weights[name] * value for name, value in parts.items()}
         return sum(weighted.values()), weighted, keys
 
-    @staticmethod
-    def _query(encoder: Encoder, x: torch.Tensor, local: bool):
-        embedding, features = encoder(x, local=local)
+    def flow_view(self, flow: torch.Tensor) -> torch.Tensor:
+        """(B, V, 2, T, H, W) flow as the flow encoder takes it: as it is ("uv"), or drawn in the
+        colour wheel, (B, V, 3, T, H, W) in [0, 1] ("colour", the authors' input)."""
+        if self.flow_input == "uv":
+            return flow
+        return wheel_colours(flow.transpose(2, 3)).transpose(2, 3) / 255
+
+    def _query(self, encoder: Encoder, x: torch.Tensor, local: bool):
+        """Query embeddings (and local features), batch norm seeing `bn_splits` parts in turn."""
+        outputs = [encoder(part, local=local) for part in x.chunk(self._bn_parts(len(x)))]
+        embedding = torch.cat([out[0] for out in outputs])
+        features = torch.cat([out[1] for out in outputs]) if local else None
         return F.normalize(embedding, dim=1), features
 
     def _pairs(self, queries, keys, queue, temperature) -> torch.Tensor:

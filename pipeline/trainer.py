@@ -3,8 +3,10 @@
 SGD with momentum and weight decay; learning rate warmed up linearly then cosine-annealed to 0;
 gradients clipped; mixed precision on CUDA; the key encoders' momentum cosine-annealed to 1.
 Checkpoints (every `checkpoint_every` steps and on the last) hold everything a killed run needs to
-go on exactly: model with key encoders and queues, optimiser, schedule, grad scaler, step, torch
-RNG, the dataset's position and the config; they load with `torch.load(..., weights_only=True)`.
+go on exactly: model with key encoders and queues, optimiser, schedule, grad scaler, step, every
+rank's random state (torch's CPU and CUDA generators and the model's shuffled-BN generator), the
+dataset's position and the config; they load with `torch.load(..., weights_only=True)`. On CUDA,
+cuDNN is set to deterministic algorithms, so a resumed run repeats the steps it would have taken.
 A finished run removes its checkpoint and leaves:
 
     model.pt        the whole MSCL state dict (query and key encoders, heads, queues) and config
@@ -72,6 +74,29 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def make_deterministic(device: torch.device) -> None:
+    """cuDNN picks its fastest algorithm per shape by timing them (`benchmark`), and some of those
+    are not deterministic: both off on CUDA, so the same state gives the same step."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def random_state(model: MSCL, device: torch.device) -> dict[str, Any]:
+    """This rank's generators: torch's CPU one, its CUDA one (when training there), the model's shuffles."""
+    state = {"torch": torch.get_rng_state(), "shuffle": model.shuffle_generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_random_state(model: MSCL, device: torch.device, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    model.shuffle_generator.set_state(state["shuffle"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up from ~0 to 1 over `warmup` steps, then cosine to 0 at `total`."""
     if step < warmup:
@@ -106,6 +131,7 @@ def train(
     p = train_params
     out = Path(out)
     device = pick_device(p.device)
+    make_deterministic(device)
     dist = setup_distributed(device)
     torch.manual_seed(p.seed)  # the same initial weights on every rank
     # The dataset yields rotated flow only when a loss uses it, and flow only for MSCL.
@@ -121,7 +147,7 @@ def train(
     total_steps = p.epochs * steps_per_epoch
     warmup_steps = round(p.warmup_epochs * steps_per_epoch)
 
-    model = MSCL(p, method).to(device)
+    model = MSCL(p, method, flow_input=dataset_params.flow_input).to(device)
     optimiser = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=p.lr, momentum=p.sgd_momentum,
                                 weight_decay=p.weight_decay)  # fmt: skip
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, warmup_steps, total_steps))
@@ -139,7 +165,7 @@ def train(
             schedule.load_state_dict(state["schedule"])
             scaler.load_state_dict(state["scaler"])
             dataset.load_state_dict(state["dataset"][dist.rank])
-            torch.set_rng_state(state["rng"]["torch"][dist.rank])
+            set_random_state(model, device, state["rng"][dist.rank])
             step, log = state["step"], state["log"]
             if dist.main:
                 print(f"resuming {out} at step {step} of {total_steps}")
@@ -147,6 +173,7 @@ def train(
             print(f"{checkpoint_path}: saved with other params, starting afresh")
     if step == 0:  # a fresh run: each rank its own stream for the key shuffles (a resumed one restored its own)
         torch.manual_seed(p.seed + 1000 * dist.rank)
+        model.shuffle_generator.manual_seed(p.seed + 1000 * dist.rank)
     network = model
     if dist.world_size > 1:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -154,7 +181,7 @@ def train(
 
     def save_checkpoint() -> None:
         # Every rank's dataset position and RNG, gathered so one file resumes them all.
-        per_rank = [dataset.state_dict(), torch.get_rng_state()]
+        per_rank = [dataset.state_dict(), random_state(model, device)]
         if dist.world_size > 1:
             gathered: list[Any] = [None] * dist.world_size
             torch.distributed.all_gather_object(gathered, per_rank)
@@ -164,7 +191,7 @@ def train(
             save_atomic({
                 "model": model.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict(), "step": step, "log": log, "config": config,
-                "dataset": [g[0] for g in gathered], "rng": {"torch": [g[1] for g in gathered]},
+                "dataset": [g[0] for g in gathered], "rng": [g[1] for g in gathered],
             }, checkpoint_path)  # fmt: skip
 
     if dist.main:

@@ -82,3 +82,8 @@ def test_losses_have_gradients_only_through_their_inputs():
     loss = info_nce(q, unit(4, 8, seed=11).float(), unit(6, 8, seed=12).float(), 0.07)
     loss.backward()
     assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+def test_lmcl_refuses_time_steps_that_do_not_pair_up():
+    with pytest.raises(ValueError, match="RGB features .*4.*flow .*3"):
+        lmcl(unit(2, 8, 4), unit(2, 8, 3), unit(2, 8, 3), 0.07)

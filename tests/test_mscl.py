@@ -131,3 +131,102 @@ def test_rgb_only_is_plain_moco_and_weights_scale_their_loss():
     _, w_light, _ = light(batch(), 0.99)
     assert float(w_heavy["lmcl"].detach()) == pytest.approx(3 * float(w_light["lmcl"].detach()), rel=1e-5)
     assert float(w_heavy["rgb"].detach()) == pytest.approx(float(w_light["rgb"].detach()), rel=1e-5)
+
+
+# -- fixes found against the authors' release and the paper (README: differences) ------------------
+
+
+def clip_batch(b=4, size=32, frames=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"rgb": torch.randn(b, 2, 3, frames, size, size, generator=g), "flow": torch.randn(b, 2, 2, frames, size, size, generator=g),
+            "flow_rot": torch.randn(b, 2, 2, frames, size, size, generator=g)}  # fmt: skip
+
+
+@pytest.mark.parametrize("frames", [5, 7, 8])
+@pytest.mark.parametrize("flow_input", ["uv", "colour"])
+def test_rgb_and_flow_keep_the_same_time_steps_for_any_clip_length(frames, flow_input, monkeypatch):
+    """LMCL pairs RGB step t with flow step t: with 7 frames RGB stage 2 has 4 steps, and a flow stem
+    that gave 3 would make the first rotated-flow step the label of the last RGB step."""
+    model = MSCL(TINY, flow_input=flow_input)
+    seen = []
+    original = mscl_module.lmcl
+
+    def spy(rgb, flow, rotated, temperature):
+        seen.append((rgb.shape, flow.shape, rotated.shape))
+        return original(rgb, flow, rotated, temperature)
+
+    monkeypatch.setattr(mscl_module, "lmcl", spy)
+    loss, _, _ = model(clip_batch(frames=frames), 0.99)
+    assert torch.isfinite(loss)
+    steps = (frames + 1) // 2
+    assert seen and all(r == f == rot == (4, 16, steps) for r, f, rot in seen)
+
+
+def test_a_queue_smaller_than_the_batch_keeps_the_newest_keys():
+    model = MSCL(TINY.model_copy(update={"queue_size": 4, "batch_size": 8}))
+    _, _, keys = model(clip_batch(b=8), 0.99)
+    model.enqueue(keys)
+    assert torch.equal(model.rgb_queue, keys["rgb"][-4:]) and torch.equal(model.flow_queue, keys["flow"][-4:])
+    assert int(model.queue_ptr) == 0
+    _, _, keys = model(clip_batch(b=8, seed=1), 0.99)
+    model.enqueue(keys)
+    assert torch.equal(model.rgb_queue, keys["rgb"][-4:])
+
+
+def test_shuffled_bn_draws_from_the_models_own_generator():
+    """The permutations come from a CPU generator whose state a checkpoint holds, never from the
+    device's generator or the global one: a resumed run on CUDA repeats the same shuffles."""
+    model = MSCL(TINY.model_copy(update={"bn_splits": 2}), "rgb_only").train()
+    x = torch.randn(8, 3, 8, 32, 32)
+    model.shuffle_generator.manual_seed(5)
+    state = model.shuffle_generator.get_state()
+    first = model._keys(model.rgb_key, x)
+    torch.rand(100)  # the global generator moves on: the shuffles must not care
+    model.shuffle_generator.set_state(state)
+    assert torch.equal(model._keys(model.rgb_key, x), first)
+    model.shuffle_generator.manual_seed(6)
+    assert not torch.allclose(model._keys(model.rgb_key, x), first)  # another permutation, other batch statistics
+
+
+def test_queries_see_batch_norm_in_parts_as_on_one_gpu_each():
+    """MoCo's split BN (its one-device form): each part of the query batch has its own statistics."""
+    model = MSCL(TINY.model_copy(update={"bn_splits": 2}), "rgb_only").train()
+    x = torch.randn(8, 3, 8, 32, 32)
+    with torch.no_grad():
+        split, _ = model._query(model.rgb, x, False)
+        halves = torch.cat([torch.nn.functional.normalize(model.rgb(half)[0], dim=1) for half in x.chunk(2)])
+        whole = torch.nn.functional.normalize(model.rgb(x)[0], dim=1)
+    assert torch.allclose(split, halves, atol=1e-6) and not torch.allclose(split, whole, atol=1e-3)
+
+
+def test_cross_modal_terms_are_added_at_weight_one_each(monkeypatch):
+    """The authors add RGB->flow, flow->RGB and both with rotated flow, each at weight 1."""
+    model = MSCL(TINY.model_copy(update={"symmetric": False, "lmcl": False}))
+    values = []
+    original = mscl_module.info_nce
+
+    def spy(*args):
+        values.append(original(*args))
+        return values[-1]
+
+    monkeypatch.setattr(mscl_module, "info_nce", spy)
+    _, parts, _ = model(clip_batch(), 0.99)
+    rgb, flow, flow_rot, rgb_to_flow, flow_to_rgb, rgb_to_rot, rot_to_rgb = values
+    assert torch.equal(parts["cross"], rgb_to_flow + flow_to_rgb)
+    assert torch.equal(parts["cross_rot"], rgb_to_rot + rot_to_rgb)
+    assert torch.equal(parts["rgb"], rgb) and torch.equal(parts["flow_rot"], flow_rot)
+
+
+def test_the_authors_flow_input_is_the_colour_wheel_through_a_frame_stem():
+    model = MSCL(TINY, flow_input="colour").eval()
+    stem = model.flow.backbone.stem[0]
+    assert stem.in_channels == 3 and stem.kernel_size == (1, 7, 7) and stem.stride == (2, 2, 2)
+    flow = clip_batch()["flow"]
+    colour = model.flow_view(flow)
+    assert colour.shape == (4, 2, 3, 8, 32, 32) and 0 <= colour.min() and colour.max() <= 1
+    moved = flow.clone()
+    moved[:, :, :, 1::2] = torch.randn_like(moved[:, :, :, 1::2])  # the odd flow frames
+    with torch.no_grad():
+        a = model.flow(model.flow_view(flow)[:, 0])[0]
+        b = model.flow(model.flow_view(moved)[:, 0])[0]
+    assert torch.allclose(a, b)  # the (1,7,7) stem of time stride 2 reads frames 0, 2, 4, 6 only

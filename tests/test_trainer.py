@@ -13,13 +13,13 @@ import yaml
 from torchvision.models.video import r3d_18
 
 from conftest import REPO
-from pipeline.trainer import CHECKPOINT, lr_factor, train
+from pipeline.trainer import CHECKPOINT, lr_factor, make_deterministic, train
 from schemas.params import DatasetParams, Params, SampleParams, TrainParams
 from stages import sample as sample_stage
 
 TINY = TrainParams(encoder="compact", width=8, queue_size=32, batch_size=4, flow_width_ratio=0.5, flow_blocks=(1, 1, 1, 1),
                    local_dim=16, epochs=2, lr=0.05, warmup_epochs=0.5, num_workers=0, checkpoint_every=1000, key_momentum=0.99)  # fmt: skip
-SMALL_CROPS = DatasetParams(crop_size=32, view2_window=16, color_jitter_p=0, grayscale_p=0, blur_p=0)
+SMALL_CROPS = DatasetParams(crop_size=32, view2_window=16, color_jitter_p=0, grayscale_p=0, blur_p=0, epoch="per_clip")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,7 @@ def test_a_killed_run_resumes_into_the_same_steps(index, fixture_flowed, tmp_pat
     assert stopped == {"steps": 5, "stopped": True}
     state = torch.load(killed / CHECKPOINT, weights_only=True)
     assert state["step"] == 5 and state["dataset"][0]["position"] == 20
+    assert set(state["rng"][0]) == {"torch", "shuffle"}  # on CUDA also "cuda": every generator a step draws from
     run(index, fixture_flowed, killed)
     a, b = losses(full), losses(killed)
     assert [row["step"] for row in a] == [row["step"] for row in b]
@@ -76,6 +77,15 @@ def test_a_killed_run_resumes_into_the_same_steps(index, fixture_flowed, tmp_pat
     final_a = torch.load(full / "rgb_encoder.pt", weights_only=True)
     final_b = torch.load(killed / "rgb_encoder.pt", weights_only=True)
     assert all(torch.allclose(final_a[k].float(), final_b[k].float(), atol=1e-4) for k in final_a)
+
+
+def test_cuda_runs_use_deterministic_cudnn(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    make_deterministic(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark  # nothing to do on a CPU
+    make_deterministic(torch.device("cuda", 0))
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
 
 
 def test_a_checkpoint_of_other_params_is_not_resumed(index, fixture_flowed, tmp_path):
@@ -97,7 +107,7 @@ def test_ddp_on_two_cpu_processes(index, fixture_flowed, tmp_path):
     params = Params().model_dump(mode="json", by_alias=True)
     params["data"].update(sample=str(index.parent), store=str(fixture_flowed / "store.zarr"), train=str(tmp_path / "train"))
     params["flow"]["method"] = "dis"
-    params["dataset"].update(SMALL_CROPS.model_dump(mode="json", include={"crop_size", "view2_window"}))
+    params["dataset"].update(SMALL_CROPS.model_dump(mode="json", include={"crop_size", "view2_window", "epoch"}))
     params["train"].update(TINY.model_dump(mode="json"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run(
