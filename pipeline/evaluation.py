@@ -1,16 +1,23 @@
-"""Evaluating an RGB encoder without labels in training: clip retrieval as the MSCL authors measure
-it, and a kNN probe, on a split of labelled videos.
+"""Evaluating an RGB encoder without labels in training: video retrieval as the MSCL paper reports
+it, clip retrieval beside it, and a kNN probe, on a split of labelled videos.
 
-Retrieval (../shared/MSCL.md, section 5): features of the query split's clips against the gallery
-split's; each set mean-centred on its own, then L2-normalised; cosine similarity; R@k is the share
-of queries with a clip of their class among their k nearest gallery clips. The kNN probe classifies
-each query video (its clips' mean feature) by a majority of its k nearest gallery videos.
+Retrieval (../shared/MSCL.md, section 5): one feature per video, the mean of its clips' features;
+the query split's videos against the gallery split's; each set mean-centred on its own, then
+L2-normalised; cosine similarity; R@k is the share of queries with a video of their class among
+their k nearest gallery videos. Clip retrieval does the same with every clip as an item, so a
+query's top k may be filled by clips of one gallery video. The kNN probe classifies each query
+video by a majority of its k nearest gallery videos.
+
+The split keeps each group of videos on one side: UCF101 cuts several clips (v_<Action>_gXX_cYY)
+out of one long video, and a group on both sides would let a query find its own source.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
+from pathlib import PurePosixPath
 
 import numpy as np
 import torch
@@ -20,16 +27,41 @@ from torchvision.transforms.v2 import functional as TF
 from pipeline.dataset import normalise_rgb
 
 
-def split_videos(relpaths: list[str], labels: list[str], gallery_share: float) -> np.ndarray:
-    """True where a video goes to the gallery (train) split: within each class, videos ordered by a
-    hash of their path (stable, unrelated to names or order on disk), the first share of them."""
-    gallery = np.zeros(len(relpaths), bool)
+UCF101_CLIP = re.compile(r"^v_(?P<action>[A-Za-z0-9]+)_g(?P<group>\d+)_c\d+$", re.IGNORECASE)
+
+
+def default_group(relpath: str) -> str:
+    """The group a video belongs to when the labels table gives none: for UCF101's names
+    (v_<Action>_g<group>_c<clip>) the action and group, shared by the clips cut from one long video;
+    any other video is a group of its own."""
+    match = UCF101_CLIP.match(PurePosixPath(relpath).stem)
+    return f"{match['action']}_g{match['group']}".lower() if match else relpath
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def split_videos(relpaths: list[str], labels: list[str], gallery_share: float, groups: list[str] | None = None) -> np.ndarray:
+    """True where a video goes to the gallery (train) split. Within each class, whole groups
+    (`groups`, or `default_group` of each path) are taken in the order of a hash of their name
+    (stable, unrelated to names or order on disk) until the gallery holds its share of the class's
+    videos; at least one group stays on each side where the class has two. A group is never split."""
+    groups = [default_group(path) for path in relpaths] if groups is None else list(groups)
+    side: dict[str, bool] = {}  # group -> in the gallery
     for label in sorted(set(labels)):
         members = [i for i, value in enumerate(labels) if value == label]
-        members.sort(key=lambda i: hashlib.sha256(relpaths[i].encode()).hexdigest())
-        take = min(len(members) - 1, max(1, round(gallery_share * len(members)))) if len(members) > 1 else 1
-        gallery[members[:take]] = True
-    return gallery
+        sizes = Counter(groups[i] for i in members if groups[i] not in side)
+        if not sizes:
+            continue
+        order = sorted(sizes, key=_hash)
+        target = max(1, round(gallery_share * len(members)))
+        taken = sum(1 for i in members if side.get(groups[i]))
+        for position, group in enumerate(order):
+            last_for_query = position == len(order) - 1 and len(order) > 1
+            side[group] = taken < target and not last_for_query
+            taken += sizes[group] * side[group]
+    return np.array([side[group] for group in groups], bool)
 
 
 def clip_starts(num_frames: int, clip_len: int, stride: int, count: int) -> list[int]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import clip_starts, knn_accuracy, retrieval_recall, split_videos
+from pipeline.evaluation import clip_starts, default_group, knn_accuracy, retrieval_recall, split_videos
 from pipeline.trainer import train
 from schemas.params import DatasetParams, Params, TrainParams
 from stages import evaluate as evaluate_stage
@@ -57,6 +57,27 @@ def test_split_is_per_class_stable_and_leaves_both_sides_non_empty():
     assert split_videos(["a/1", "a/2"], ["a", "a"], 0.9).tolist().count(False) == 1  # a query is always left
 
 
+def test_a_group_never_straddles_the_split():
+    """UCF101 cuts several clips out of one long video (v_<Action>_gXX_cYY): a group on both sides
+    would let a query find its own source video in the gallery."""
+    relpaths = [f"{a}/v_{a}_g{g:02d}_c{c:02d}.avi" for a in ("ApplyEyeMakeup", "Basketball") for g in range(1, 8) for c in range(1, 2 + g % 4)]
+    labels = [p.split("/")[0] for p in relpaths]
+    groups = [default_group(p) for p in relpaths]
+    assert groups[0] == "applyeyemakeup_g01" and len(set(groups)) == 14
+    gallery = split_videos(relpaths, labels, 0.5)
+    for group in set(groups):
+        sides = {bool(gallery[i]) for i, g in enumerate(groups) if g == group}
+        assert len(sides) == 1, group  # all its clips on one side
+    for label in set(labels):
+        members = [i for i, value in enumerate(labels) if value == label]
+        assert 0.3 < gallery[members].mean() < 0.7  # about the share, in whole groups
+    plain = split_videos(relpaths, labels, 0.5, groups=relpaths)  # one group per video: the groups straddle
+    assert any(len({bool(plain[i]) for i, g in enumerate(groups) if g == group}) == 2 for group in set(groups))
+    given = split_videos(["a/1", "a/2", "a/3", "a/4"], ["a"] * 4, 0.5, groups=["x", "x", "x", "y"])  # a labels table's groups
+    assert given.tolist() in ([True, True, True, False], [False, False, False, True])
+    assert default_group("Other/clip_01.mp4") == "Other/clip_01.mp4"
+
+
 def test_clip_starts_are_evenly_spaced_whole_clips():
     assert clip_starts(48, 8, 4, 4) == [0, 6, 13, 19]  # last start 48 - 1 - 28 = 19
     assert clip_starts(29, 8, 4, 4) == [0] and clip_starts(28, 8, 4, 4) == []
@@ -77,10 +98,14 @@ def test_evaluate_stage_scores_every_model_on_the_demo(demo_sampled, tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"mscl", "rgb_only", "random", "margin"}
     for name in ("mscl", "rgb_only", "random"):
-        assert set(metrics[name]) == {"R@1", "R@5", "R@10", "R@20", "R@50", "knn_top1"}
+        assert set(metrics[name]) == {"R@1", "R@5", "R@10", "R@20", "R@50", "knn_top1", "clip"}
         assert metrics[name]["R@1"] <= metrics[name]["R@5"] <= metrics[name]["R@50"] == 100.0
+        assert set(metrics[name]["clip"]) == {"R@1", "R@5", "R@10", "R@20", "R@50"}
+        # Video level: 6 query videos, so every R@k is a multiple of 1/6.
+        assert all(abs(value * 6 / 100 - round(value * 6 / 100)) < 1e-3 for key, value in metrics[name].items() if key.startswith("R@"))
     assert metrics["margin"]["mscl_vs_random_R@1"] == pytest.approx(metrics["mscl"]["R@1"] - metrics["random"]["R@1"])
     assert summary.counts["labelled videos"] == 12 and summary.counts["query clips"] == 6 * 8
+    assert summary.counts["query videos"] == summary.counts["gallery videos"] == 6
     # Trained weights differ from random ones, so their features and scores are their own.
     with pytest.raises(FileNotFoundError, match="train --method mscl"):
         evaluate_stage.run(params, tmp_path / "nowhere", demo_sampled / "demo" / "labels.parquet", demo_sampled / "decode",
