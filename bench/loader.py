@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="training steps timed per feeding")
     args = parser.parse_args()
     work = build(args.videos)
-    params = DatasetParams()
+    params = DatasetParams(epoch="per_clip")  # every selected clip: epochs long enough to time
     make_dataset = lambda: MSCLClips(work / "sample" / "clips.parquet", work / "store.zarr", "dis", params)  # noqa: E731
     dataset = make_dataset()
     results: dict[str, object] = {"videos": args.videos, "clips_per_epoch": dataset.epoch_length, "batch": args.batch,

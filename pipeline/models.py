@@ -10,8 +10,9 @@
   (2, 7, 7) stem so each step sees two flow frames (an odd clip gets a still frame appended); or
   "colour", the authors' colour-wheel image, through their (1, 7, 7) stem, which reads flow frames
   0, 2, 4, ... and skips the odd ones.
-- `Encoder`: either backbone, plus the MLP projection head (Linear-BN-ReLU-Linear to 128: the BN is
-  ours, as in SimCLR and MoCo v3; L2-normalised by the loss) on the globally pooled last stage, and the time-keeping local features LMCL needs:
+- `Encoder`: either backbone, plus the MLP projection head (MoCo v2's Linear-ReLU-Linear to 128, as
+  the authors', or with batch norm after the first layer, as in SimCLR and MoCo v3: `head_bn`;
+  L2-normalised by the loss) on the globally pooled last stage, and the time-keeping local features LMCL needs:
   for RGB an FPN-style neck over stages 2-4 at stage 2's resolution, for flow its last stage; both
   pooled over space and projected to `local_dim`.
 """
@@ -124,9 +125,10 @@ class FlowResNet(ResNet3d):
         return super().stages(x)
 
 
-def projection_head(dim: int, out: int = 128) -> nn.Sequential:
-    """MoCo v2's head, Linear(d, d) - ReLU - Linear(d, out), with batch norm after the first layer."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
+def projection_head(dim: int, out: int = 128, batch_norm: bool = False) -> nn.Sequential:
+    """MoCo v2's head, Linear(d, d) - ReLU - Linear(d, out), optionally with batch norm after the first layer."""
+    norm = [nn.BatchNorm1d(dim)] if batch_norm else []
+    return nn.Sequential(nn.Linear(dim, dim), *norm, nn.ReLU(inplace=True), nn.Linear(dim, out))
 
 
 class RGBNeck(nn.Module):
@@ -150,12 +152,13 @@ class Encoder(nn.Module):
     """Backbone + projection head + local (time-keeping) features. `forward` returns the projected
     clip embedding (B, embed) and, if asked, the local features (B, local_dim, T')."""
 
-    def __init__(self, backbone: nn.Module, modality: Literal["rgb", "flow"], embed_dim: int = 128, local_dim: int | None = 128):
+    def __init__(self, backbone: nn.Module, modality: Literal["rgb", "flow"], embed_dim: int = 128, local_dim: int | None = 128,
+                 head_bn: bool = False):  # fmt: skip
         super().__init__()
         self.backbone = backbone
         self.modality = modality
         widths = backbone.widths
-        self.head = projection_head(widths[-1], embed_dim)
+        self.head = projection_head(widths[-1], embed_dim, head_bn)
         self.local: nn.Module | None = None  # only built when LMCL uses it (DDP wants no idle parameters)
         if local_dim is not None:
             self.local = RGBNeck(widths, local_dim) if modality == "rgb" else nn.Conv1d(widths[-1], local_dim, 1)

@@ -67,12 +67,12 @@ class MSCL(nn.Module):
         self.use_fra = self.use_flow and p.fra
         self.use_cross = self.use_flow and p.cross_modal
         backbone = rgb_backbone(p.encoder, p.width, tuple(p.blocks))
-        self.rgb = Encoder(backbone, "rgb", p.embed_dim, p.local_dim if self.use_lmcl else None)
+        self.rgb = Encoder(backbone, "rgb", p.embed_dim, p.local_dim if self.use_lmcl else None, p.head_bn)
         self.rgb_key = self._key_copy(self.rgb)
         self.register_buffer("rgb_queue", F.normalize(torch.randn(p.queue_size, p.embed_dim), dim=1))
         if self.use_flow:
             flow = flow_backbone(backbone.widths, p.flow_width_ratio, tuple(p.flow_blocks), flow_input)
-            self.flow = Encoder(flow, "flow", p.embed_dim, p.local_dim if self.use_lmcl else None)
+            self.flow = Encoder(flow, "flow", p.embed_dim, p.local_dim if self.use_lmcl else None, p.head_bn)
             self.flow_key = self._key_copy(self.flow)
             self.register_buffer("flow_queue", F.normalize(torch.randn(p.queue_size, p.embed_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))

@@ -230,3 +230,24 @@ def test_the_authors_flow_input_is_the_colour_wheel_through_a_frame_stem():
         a = model.flow(model.flow_view(flow)[:, 0])[0]
         b = model.flow(model.flow_view(moved)[:, 0])[0]
     assert torch.allclose(a, b)  # the (1,7,7) stem of time stride 2 reads frames 0, 2, 4, 6 only
+
+
+def test_heads_are_moco_v2s_unless_batch_norm_is_asked_for():
+    plain = MSCL(TINY)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.rgb.head.modules())
+    assert [type(m).__name__ for m in plain.rgb.head] == ["Linear", "ReLU", "Linear"]
+    with_bn = MSCL(TINY.model_copy(update={"head_bn": True}))
+    assert [type(m).__name__ for m in with_bn.flow.head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+
+
+def test_symmetric_losses_average_both_directions(monkeypatch):
+    values = []
+    original = mscl_module.info_nce
+
+    def spy(*args):
+        values.append(original(*args))
+        return values[-1]
+
+    monkeypatch.setattr(mscl_module, "info_nce", spy)
+    _, parts, _ = MSCL(TINY.model_copy(update={"symmetric": True}), "rgb_only")({"rgb": clip_batch()["rgb"]}, 0.99)
+    assert len(values) == 2 and torch.equal(parts["rgb"], (values[0] + values[1]) / 2)

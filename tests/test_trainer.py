@@ -18,7 +18,8 @@ from schemas.params import DatasetParams, Params, SampleParams, TrainParams
 from stages import sample as sample_stage
 
 TINY = TrainParams(encoder="compact", width=8, queue_size=32, batch_size=4, flow_width_ratio=0.5, flow_blocks=(1, 1, 1, 1),
-                   local_dim=16, epochs=2, lr=0.05, warmup_epochs=0.5, num_workers=0, checkpoint_every=1000, key_momentum=0.99)  # fmt: skip
+                   local_dim=16, epochs=2, lr=0.05, warmup_epochs=0.5, num_workers=0, checkpoint_every=1000, key_momentum=0.99,
+                   head_bn=True, symmetric=True)  # fmt: skip  (the demo's recipe)
 SMALL_CROPS = DatasetParams(crop_size=32, view2_window=16, color_jitter_p=0, grayscale_p=0, blur_p=0, epoch="per_clip")
 
 
