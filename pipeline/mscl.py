@@ -3,11 +3,12 @@ one step (../shared/MSCL.md, sections 1-3). `method="rgb_only"` is the plain MoC
 RGB encoder and RGB-RGB loss, nothing else.
 
 One step, per batch of two views (1, 2) of each video:
-- RGB-RGB, flow-flow and rotated flow-flow: view 1's query against view 2's key and the other way
-  round (`symmetric`), negatives from that modality's queue;
+- RGB-RGB, flow-flow and rotated flow-flow: view 1's query against view 2's key (the authors'; view
+  2 then needs no query and view 1 no key), and with `symmetric` the other way round too, the two
+  averaged; negatives from that modality's queue;
 - cross-modal: RGB query against flow key and flow query against RGB key, then the same with the
   rotated flow (FRA), negatives from the key's modality's queue;
-- LMCL on each view: RGB's time-keeping features against the same view's flow and rotated flow.
+- LMCL on each query view: RGB's time-keeping features against the same view's flow and rotated flow.
 Every loss reads the queues as they were before this step; the step's keys are pushed only after
 (the authors' release reads the flow queue after pushing, so a positive is among its negatives).
 
@@ -126,36 +127,37 @@ class MSCL(nn.Module):
         p = self.params
         t = p.temperature
         self.momentum_update(momentum)
-        rgb = batch["rgb"]
-        views = range(rgb.shape[1])
-        rgb_q, rgb_local = zip(*(self._query(self.rgb, rgb[:, v], self.use_lmcl) for v in views), strict=True)
-        rgb_k = [self._keys(self.rgb_key, rgb[:, v]) for v in views]
+        # View 1 queries view 2's key (the authors'); symmetric, each view queries the other's too.
+        query_views, key_views = ((0, 1), (0, 1)) if p.symmetric else ((0,), (1,))
+
+        def encode(encoder, key_encoder, clips):
+            queries = {v: self._query(encoder, clips[:, v], self.use_lmcl) for v in query_views}
+            return ({v: q for v, (q, _) in queries.items()}, {v: local for v, (_, local) in queries.items()},
+                    {v: self._keys(key_encoder, clips[:, v]) for v in key_views})  # fmt: skip
+
+        rgb_q, rgb_local, rgb_k = encode(self.rgb, self.rgb_key, batch["rgb"])
         rgb_queue = self.rgb_queue.clone()  # as it was before this step, whatever happens later
         parts = {"rgb": self._pairs(rgb_q, rgb_k, rgb_queue, t)}
         keys = {"rgb": rgb_k[1]}
         if self.use_flow:
             flow_queue = self.flow_queue.clone()
-            flow = self.flow_view(batch["flow"])
-            flow_q, flow_local = zip(*(self._query(self.flow, flow[:, v], self.use_lmcl) for v in views), strict=True)
-            flow_k = [self._keys(self.flow_key, flow[:, v]) for v in views]
+            flow_q, flow_local, flow_k = encode(self.flow, self.flow_key, self.flow_view(batch["flow"]))
             parts["flow"] = self._pairs(flow_q, flow_k, flow_queue, t)
             keys["flow"] = flow_k[1]
-            rot_local = [None, None]
+            rot_local = dict.fromkeys(query_views)
             if self.use_fra:
-                rotated = self.flow_view(batch["flow_rot"])
-                rot_q, rot_local = zip(*(self._query(self.flow, rotated[:, v], self.use_lmcl) for v in views), strict=True)
-                rot_k = [self._keys(self.flow_key, rotated[:, v]) for v in views]
+                rot_q, rot_local, rot_k = encode(self.flow, self.flow_key, self.flow_view(batch["flow_rot"]))
                 parts["flow_rot"] = self._pairs(rot_q, rot_k, flow_queue, t)
             if self.use_cross:  # both directions, each at weight 1 (the authors' sum)
                 parts["cross"] = self._pairs(rgb_q, flow_k, flow_queue, t) + self._pairs(flow_q, rgb_k, rgb_queue, t)
                 if self.use_fra:
                     parts["cross_rot"] = self._pairs(rgb_q, rot_k, flow_queue, t) + self._pairs(rot_q, rgb_k, rgb_queue, t)
-            if self.use_lmcl:
+            if self.use_lmcl:  # on every query view
                 parts["lmcl"] = sum(
                     lmcl(F.normalize(rgb_local[v], dim=1), F.normalize(flow_local[v], dim=1),
                          None if rot_local[v] is None else F.normalize(rot_local[v], dim=1), p.lmcl_temperature)
-                    for v in views
-                ) / len(views)  # fmt: skip
+                    for v in query_views
+                ) / len(query_views)  # fmt: skip
         # The baseline is plain MoCo: its one loss at weight 1, whatever MSCL's weights say.
         weights = p.weights.model_dump() if self.use_flow else {"rgb": 1.0}
         weighted = {name: weights[name] * value for name, value in parts.items()}
@@ -175,8 +177,8 @@ class MSCL(nn.Module):
         features = torch.cat([out[1] for out in outputs]) if local else None
         return F.normalize(embedding, dim=1), features
 
-    def _pairs(self, queries, keys, queue, temperature) -> torch.Tensor:
-        """View 1's query against view 2's key, and (symmetric) view 2's against view 1's."""
+    def _pairs(self, queries: dict, keys: dict, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+        """View 1's query against view 2's key, and (symmetric) view 2's against view 1's, averaged."""
         loss = info_nce(queries[0], keys[1], queue, temperature)
         if self.params.symmetric:
             loss = (loss + info_nce(queries[1], keys[0], queue, temperature)) / 2

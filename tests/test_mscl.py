@@ -251,3 +251,15 @@ def test_symmetric_losses_average_both_directions(monkeypatch):
     monkeypatch.setattr(mscl_module, "info_nce", spy)
     _, parts, _ = MSCL(TINY.model_copy(update={"symmetric": True}), "rgb_only")({"rgb": clip_batch()["rgb"]}, 0.99)
     assert len(values) == 2 and torch.equal(parts["rgb"], (values[0] + values[1]) / 2)
+
+
+def test_view_one_queries_view_two_only_unless_symmetric(monkeypatch):
+    """The authors' losses need view 1's query and view 2's key, nothing else: half the forwards."""
+    for symmetric, expected in ((False, (1, 1)), (True, (2, 2))):
+        model = MSCL(TINY.model_copy(update={"symmetric": symmetric}), "rgb_only")
+        calls = {"query": 0, "key": 0}
+        query, keys = model._query, model._keys
+        monkeypatch.setattr(model, "_query", lambda *a, q=query: (calls.__setitem__("query", calls["query"] + 1), q(*a))[1])
+        monkeypatch.setattr(model, "_keys", lambda *a, k=keys: (calls.__setitem__("key", calls["key"] + 1), k(*a))[1])
+        model({"rgb": clip_batch()["rgb"]}, 0.99)
+        assert (calls["query"], calls["key"]) == expected
