@@ -25,7 +25,7 @@ import torch
 from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as F
 
-from schemas.params import DatasetParams
+from schemas.params import FLOW_NORMS, DatasetParams
 
 # FRA angles: b = (0.2 + 0.2k) * pi for k in 0..7 (36 to 288 degrees; never 0, so never the identity).
 FRA_ANGLES = tuple((0.2 + 0.2 * k) * math.pi for k in range(8))
@@ -71,9 +71,6 @@ def rotate_vectors(flow: torch.Tensor, angle: float) -> torch.Tensor:
     c, s = math.cos(angle), math.sin(angle)
     u, v = flow.unbind(-3)
     return torch.stack([c * u - s * v, s * u + c * v], dim=-3)
-
-
-FLOW_NORMS = ("max_magnitude", "frame_max_magnitude", "fixed", "none")
 
 
 def normalise_flow(flow: torch.Tensor, mode: str, bound: float = 20.0) -> torch.Tensor:

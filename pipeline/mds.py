@@ -31,11 +31,11 @@ import torch.nn.functional as F
 
 from pipeline.flowviz import normalised_colours
 from pipeline.sampling import round_significant
+from schemas.params import MDS_CONVENTIONS
 
 BLOCK = 28  # the authors' attention pooling block, in pixels
 FRAME_SCORES = ("mds", "motion_map_diff", "attention_diff", "flow_magnitude")
 Convention = Literal["pipeline", "authors"]
-CONVENTIONS = ("pipeline", "authors")
 SCORING_VERSION = 2  # bump when the scores change for the same flow and params (stored scores are then recomputed)
 AUTHORS_EPSILON = 1e-5  # RAFT's flow_viz.flow_to_image: flow / (largest vector + 1e-5)
 PIPELINE_EPSILON = float(np.finfo(np.float32).eps)  # torchvision's flow_to_image
@@ -94,8 +94,8 @@ def frame_scores(flow: np.ndarray, *, block: int = BLOCK, noise_floor: float = 0
     (a static video then scores 0)."""
     if flow.ndim != 4 or flow.shape[-1] != 2:
         raise ValueError(f"flow must be (N, H, W, 2), got {flow.shape}")
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown MDS convention {convention!r}; allowed: {', '.join(CONVENTIONS)}")
+    if convention not in MDS_CONVENTIONS:
+        raise ValueError(f"unknown MDS convention {convention!r}; allowed: {', '.join(MDS_CONVENTIONS)}")
     authors = convention == "authors"
     tensor = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float64)).permute(0, 3, 1, 2).contiguous().to(device)
     if not torch.isfinite(tensor).all():

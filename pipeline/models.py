@@ -104,7 +104,7 @@ class TorchvisionR3D(nn.Module):
 
 
 FlowInput = Literal["uv", "colour"]
-FLOW_CHANNELS = {"uv": 2, "colour": 3}
+FLOW_CHANNELS = {"uv": 2, "colour": 3}  # per input of schemas.params.FLOW_INPUTS
 
 
 class FlowResNet(ResNet3d):

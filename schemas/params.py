@@ -203,6 +203,7 @@ class FlowParams(Section):
 
 
 SCORES = ("mds", "motion_map_diff", "attention_diff", "flow_magnitude")
+MDS_CONVENTIONS = ("pipeline", "authors")
 
 
 class SampleParams(Section):
@@ -220,12 +221,16 @@ class SampleParams(Section):
     noise_floor: float = Field(
         0.5, ge=0, description="flow shorter than this (px/frame) counts as still; 0 with convention: authors is the authors' method exactly"
     )
-    convention: Literal["pipeline", "authors"] = Field(
+    convention: Literal[MDS_CONVENTIONS] = Field(  # type: ignore[valid-type]
         "pipeline",
         description="authors: every detail of the release's generate_mcl_samples.py (scipy Sobel borders, floor-mode blocks, "
         "median over every start including the cut-short tail ones); pipeline: cv2 borders, partial border blocks kept, "
         "median over complete clips (README: differences from the authors' release)",
     )
+
+
+FLOW_NORMS = ("max_magnitude", "frame_max_magnitude", "fixed", "none")
+FLOW_INPUTS = ("uv", "colour")
 
 
 class DatasetParams(Section):
@@ -249,12 +254,12 @@ class DatasetParams(Section):
     grayscale_p: float = Field(0.2, ge=0, le=1)
     blur_p: float = Field(0.5, ge=0, le=1)
     blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Gaussian blur sigma range, pixels of the output crop")
-    flow_norm: Literal["max_magnitude", "frame_max_magnitude", "fixed", "none"] = Field(
+    flow_norm: Literal[FLOW_NORMS] = Field(  # type: ignore[valid-type]
         "frame_max_magnitude", description="frame_max_magnitude: each stored flow frame / its largest vector, before the crop (the authors'); "
         "max_magnitude: the same on the crop; fixed: / flow_bound, clipped to [-1, 1]; none: pixels of the crop",
     )
     flow_bound: float = Field(20.0, gt=0, description="with flow_norm: fixed, pixels/frame that map to 1")
-    flow_input: Literal["uv", "colour"] = Field(
+    flow_input: Literal[FLOW_INPUTS] = Field(  # type: ignore[valid-type]
         "uv", description="what the flow encoder reads: uv, the 2-channel field, through a (2,7,7) stem; colour, the authors': "
         "the field drawn in the Middlebury colour wheel, through their (1,7,7) stem",
     )
