@@ -199,9 +199,9 @@ def test_queries_see_batch_norm_in_parts_as_on_one_gpu_each():
     assert torch.allclose(split, halves, atol=1e-6) and not torch.allclose(split, whole, atol=1e-3)
 
 
-def test_cross_modal_terms_are_added_at_weight_one_each(monkeypatch):
-    """The authors add RGB->flow, flow->RGB and both with rotated flow, each at weight 1."""
-    model = MSCL(TINY.model_copy(update={"symmetric": False, "lmcl": False}))
+@pytest.fixture
+def info_nce_values(monkeypatch):
+    """Every info_nce value a step computes, in order."""
     values = []
     original = mscl_module.info_nce
 
@@ -210,6 +210,13 @@ def test_cross_modal_terms_are_added_at_weight_one_each(monkeypatch):
         return values[-1]
 
     monkeypatch.setattr(mscl_module, "info_nce", spy)
+    return values
+
+
+def test_cross_modal_terms_are_added_at_weight_one_each(info_nce_values):
+    """The authors add RGB->flow, flow->RGB and both with rotated flow, each at weight 1."""
+    model = MSCL(TINY.model_copy(update={"symmetric": False, "lmcl": False}))
+    values = info_nce_values
     _, parts, _ = model(clip_batch(), 0.99)
     rgb, flow, flow_rot, rgb_to_flow, flow_to_rgb, rgb_to_rot, rot_to_rgb = values
     assert torch.equal(parts["cross"], rgb_to_flow + flow_to_rgb)
@@ -240,15 +247,8 @@ def test_heads_are_moco_v2s_unless_batch_norm_is_asked_for():
     assert [type(m).__name__ for m in with_bn.flow.head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
 
 
-def test_symmetric_losses_average_both_directions(monkeypatch):
-    values = []
-    original = mscl_module.info_nce
-
-    def spy(*args):
-        values.append(original(*args))
-        return values[-1]
-
-    monkeypatch.setattr(mscl_module, "info_nce", spy)
+def test_symmetric_losses_average_both_directions(info_nce_values):
+    values = info_nce_values
     _, parts, _ = MSCL(TINY.model_copy(update={"symmetric": True}), "rgb_only")({"rgb": clip_batch()["rgb"]}, 0.99)
     assert len(values) == 2 and torch.equal(parts["rgb"], (values[0] + values[1]) / 2)
 
