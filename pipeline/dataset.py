@@ -162,14 +162,32 @@ class MSCLClips(IterableDataset):
             raise ValueError(f"{self.num_items} {params.epoch.removeprefix('per_')}s cannot fill {self.world_size} ranks with drop_last; "
                              f"set dataset.drop_last: false")  # fmt: skip
         self.augment = ViewAugment(params)
-        self.epoch = 0
-        self.position = 0  # samples of this epoch already consumed on this rank
+        # (epoch, samples of it already consumed on this rank), in shared memory: DataLoader workers
+        # that persist across epochs (and keep their caches) read where the main process has got to.
+        self._progress = torch.zeros(2, dtype=torch.int64).share_memory_()
         self.block = 1  # samples per worker turn; ClipLoader sets it to the batch size
         self._arrays: OrderedDict[tuple[str, str], zarr.Array] = OrderedDict()
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # whole arrays, up to cache_mb
         self._cache_bytes = 0
 
     # -- the epoch plan -------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return int(self._progress[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._progress[0] = value
+
+    @property
+    def position(self) -> int:
+        """Samples of the current epoch already consumed on this rank."""
+        return int(self._progress[1])
+
+    @position.setter
+    def position(self, value: int) -> None:
+        self._progress[1] = value
 
     @property
     def num_items(self) -> int:
@@ -224,10 +242,11 @@ class MSCLClips(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         items, padding = self.plan(self.epoch)
-        positions = np.arange(self.position, len(items))
+        first = self.position  # read once: with persistent workers the main process moves it on as batches arrive
+        positions = np.arange(first, len(items))
         worker = get_worker_info()
         if worker is not None:
-            turn = (positions - self.position) // self.block % worker.num_workers
+            turn = (positions - first) // self.block % worker.num_workers
             positions = positions[turn == worker.id]
         for position in positions:
             yield self.sample(int(items[position]), int(position), bool(padding[position]))
@@ -366,6 +385,10 @@ class ClipLoader:
         # that draw leaves the global torch RNG (the trainer's, saved in checkpoints) untouched. Samples
         # never use that seed: their randomness comes from (seed, epoch, item).
         kwargs.setdefault("generator", torch.Generator().manual_seed(dataset.params.seed))
+        # Workers persist across epochs, so their caches of videos do too (an epoch of a small dataset
+        # is a few batches: fresh workers each epoch would read every video again); they learn the
+        # epoch and position from the dataset's shared progress when each pass begins.
+        kwargs.setdefault("persistent_workers", num_workers > 0)
         self.loader = DataLoader(
             dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate,
             worker_init_fn=init, **kwargs,

@@ -149,6 +149,26 @@ def test_same_seed_and_epoch_give_the_same_batches_whatever_the_workers(fixture_
     assert order(reseeded) != order(in_process)
 
 
+def test_workers_persist_across_epochs_and_follow_the_epoch_the_main_process_is_in(fixture_index, store):
+    """A per-video epoch of a small dataset is a few batches; workers started afresh each epoch would
+    lose their caches every few steps. Persistent workers must still play each epoch's own plan."""
+    params = FAST.model_copy(update={"epoch": "per_video"})
+    in_process, pooled = make(fixture_index, store, params), make(fixture_index, store, params)
+    plain, persistent = ClipLoader(in_process, 2), ClipLoader(pooled, 2, num_workers=2)
+    workers = []
+    for epoch in range(3):
+        batches = list(persistent)
+        workers.append([w.pid for w in persistent.loader._iterator._workers])
+        same_batches(list(plain), batches)
+        assert pooled.epoch == in_process.epoch == epoch + 1
+    assert workers[0] == workers[1] == workers[2]  # the same two processes throughout
+    first = make(fixture_index, store, params)  # and a resume lands in the right epoch and place of the plan
+    first.load_state_dict({**pooled.state_dict(), "epoch": 1, "position": 2})
+    second = make(fixture_index, store, params)
+    second.set_epoch(1)
+    same_batches(list(ClipLoader(first, 2, num_workers=2)), list(ClipLoader(second, 2))[1:])
+
+
 def test_resume_mid_epoch_gives_the_remaining_sequence(fixture_index, store):
     reference = run_epoch(make(fixture_index, store), batch_size=4, num_workers=2)
     first = make(fixture_index, store)
