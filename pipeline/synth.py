@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from schemas.params import MOTION_CLASSES
+
 TRUTH_VERSION = 1
 
 
@@ -31,6 +33,7 @@ class Layer:
     texture_size: tuple[int, int]  # (height, width) of the texture
     params: list[tuple[float, float, float, float]]
     ellipse: tuple[float, float] | None = None  # object mask radii (ry, rx) in texture pixels; None = opaque
+    texture: str = "blobs"  # texture family (TEXTURES)
 
     def affine(self, t: int) -> np.ndarray:
         """2x3 map from texture pixel coordinates (x, y) to screen coordinates at frame t."""
@@ -87,6 +90,7 @@ class SceneTruth:
                         texture_size=tuple(layer["texture_size"]),
                         params=[tuple(p) for p in layer["params"]],
                         ellipse=tuple(layer["ellipse"]) if layer["ellipse"] else None,
+                        texture=layer.get("texture", "blobs"),
                     )
                     for layer in s["layers"]
                 ],
@@ -106,9 +110,18 @@ class SceneTruth:
 # ---------------------------------------------------------------- textures and rendering
 
 
-def make_texture(seed: int, size: tuple[int, int]) -> np.ndarray:
-    """A deterministic, richly textured RGB image (float32 in [0, 255]): smooth colour fields at
-    several scales plus random discs and bars, so optical flow has structure everywhere."""
+TEXTURES = ("blobs", "gratings")
+
+
+def make_texture(seed: int, size: tuple[int, int], family: str = "blobs") -> np.ndarray:
+    """A deterministic, richly textured RGB image (float32 in [0, 255]), so optical flow has structure
+    everywhere. "blobs": smooth colour fields at several scales plus random discs and bars;
+    "gratings": a plaid of three coloured sinusoidal gratings of random period and orientation,
+    over fine colour noise."""
+    if family == "gratings":
+        return _gratings(seed, size)
+    if family != "blobs":
+        raise ValueError(f"unknown texture family {family!r}; allowed: {', '.join(TEXTURES)}")
     height, width = size
     rng = np.random.default_rng(seed)
     image = np.zeros((height, width, 3), np.float32)
@@ -127,6 +140,19 @@ def make_texture(seed: int, size: tuple[int, int]) -> np.ndarray:
             cv2.line(shapes, (x, y), (x + dx, y + dy), colour, int(rng.integers(1, 4)), cv2.LINE_AA)
     mask = shapes.any(axis=2, keepdims=True)
     return np.where(mask, shapes, image).astype(np.float32)
+
+
+def _gratings(seed: int, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.zeros((height, width, 3), np.float32)
+    for _ in range(3):
+        period, theta, phase = rng.uniform(6.0, 24.0), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+        wave = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period + phase)
+        image += wave[..., None] * rng.uniform(-1.0, 1.0, 3).astype(np.float32)
+    image += 0.15 * rng.standard_normal((height, width, 3)).astype(np.float32)
+    return ((image - image.min()) / max(1e-6, float(image.max() - image.min())) * 255.0).astype(np.float32)
 
 
 def _ellipse_mask(size: tuple[int, int], radii: tuple[float, float]) -> np.ndarray:
@@ -153,7 +179,7 @@ def render_frames(truth: SceneTruth, scale: float = 1.0):
         for layer in truth.segment_at(t).layers:
             if layer.texture_seed not in textures:
                 mask = _ellipse_mask(layer.texture_size, layer.ellipse) if layer.ellipse else None
-                textures[layer.texture_seed] = (make_texture(layer.texture_seed, layer.texture_size), mask)
+                textures[layer.texture_seed] = (make_texture(layer.texture_seed, layer.texture_size, layer.texture), mask)
             texture, mask = textures[layer.texture_seed]
             matrix = _screen_affine(layer, t, scale)
             warped = cv2.warpAffine(texture, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
@@ -205,61 +231,98 @@ def truth_flow(truth: SceneTruth, t: int, scale: float = 1.0, margin: float = 2.
 # ---------------------------------------------------------------- scenes with class-defining motion
 
 
-def _background(rng: np.random.Generator, width: int, height: int, frames: int, pan: tuple[float, float]) -> Layer:
+@dataclass(frozen=True)
+class DemoStyle:
+    """What a demo variant changes besides its seed and classes (make_demo params): the texture
+    family, the objects' radius as a share of the frame height, a factor on every class motion's
+    speed, the camera pan's speed range in px/frame, and how many objects move (each as the class
+    says, with its own texture, place and direction)."""
+
+    texture: str = "blobs"
+    object_size: tuple[float, float] = (0.2, 0.28)
+    speed: float = 1.0
+    camera_speed: tuple[float, float] = (0.5, 1.5)
+    objects: int = 1
+
+
+def _background(rng: np.random.Generator, width: int, height: int, frames: int, pan: tuple[float, float], texture: str) -> Layer:
     # Big enough that the camera never leaves the texture, even after a long pan.
     extra = int(np.ceil(max(abs(pan[0]), abs(pan[1])) * frames)) + 16
     size = (height + 2 * extra, width + 2 * extra)
     params = [(width / 2 - 0.5 + pan[0] * t, height / 2 - 0.5 + pan[1] * t, 0.0, 1.0) for t in range(frames)]
-    return Layer(texture_seed=int(rng.integers(2**31)), texture_size=size, params=params)
+    return Layer(texture_seed=int(rng.integers(2**31)), texture_size=size, params=params, texture=texture)
 
 
-def _object_params(label: str, rng: np.random.Generator, width: int, height: int, frames: int):
-    """Per-frame (cx, cy, angle, scale) of an object whose motion defines `label`."""
+def _object_params(label: str, rng: np.random.Generator, width: int, height: int, frames: int, *, speed: float = 1.0,
+                   centre: tuple[float, float] = (0.5, 0.5)):  # fmt: skip
+    """Per-frame (cx, cy, angle, scale) of an object whose motion defines `label`, its speed
+    multiplied by `speed`, placed near `centre` (shares of width and height)."""
     t = np.arange(frames, dtype=np.float64)
-    cx0 = width / 2 + rng.uniform(-0.08, 0.08) * width
-    cy0 = height / 2 + rng.uniform(-0.08, 0.08) * height
+    cx0 = centre[0] * width + rng.uniform(-0.08, 0.08) * width
+    cy0 = centre[1] * height + rng.uniform(-0.08, 0.08) * height
     angle0 = rng.uniform(-0.3, 0.3)
     cx, cy, angle, scale = np.full(frames, cx0), np.full(frames, cy0), np.full(frames, angle0), np.ones(frames)
     direction = rng.choice([-1.0, 1.0])
-    if label == "slide_horizontal":
-        cx = cx0 + direction * rng.uniform(1.0, 1.8) * (t - frames / 2)
-    elif label == "slide_vertical":
-        cy = cy0 + direction * rng.uniform(0.8, 1.4) * (t - frames / 2)
-    elif label == "rotate":
-        angle = angle0 + direction * np.deg2rad(rng.uniform(3.0, 6.0)) * t
+    centred = t - frames / 2
+    phase_of = lambda period: 2 * np.pi * t / period + rng.uniform(0, 2 * np.pi)  # noqa: E731
+    if label in ("slide_horizontal", "slide_left", "slide_right"):
+        sign = {"slide_left": -1.0, "slide_right": 1.0}.get(label, direction)
+        cx = cx0 + sign * speed * rng.uniform(1.0, 1.8) * centred
+    elif label in ("slide_vertical", "slide_up", "slide_down"):
+        sign = {"slide_up": -1.0, "slide_down": 1.0}.get(label, direction)
+        cy = cy0 + sign * speed * rng.uniform(0.8, 1.4) * centred
+    elif label in ("rotate", "rotate_cw", "rotate_ccw"):
+        # angle grows counter-clockwise on screen (see Layer.affine)
+        sign = {"rotate_cw": -1.0, "rotate_ccw": 1.0}.get(label, direction)
+        angle = angle0 + sign * speed * np.deg2rad(rng.uniform(3.0, 6.0)) * t
     elif label == "zoom_in":
-        scale = 0.75 * np.exp(np.log(rng.uniform(1.5, 1.8)) * t / max(1, frames - 1))
+        scale = 0.75 * np.exp(speed * np.log(rng.uniform(1.5, 1.8)) * t / max(1, frames - 1))
     elif label == "zoom_out":
-        scale = 1.3 * np.exp(-np.log(rng.uniform(1.5, 1.8)) * t / max(1, frames - 1))
+        scale = 1.3 * np.exp(-speed * np.log(rng.uniform(1.5, 1.8)) * t / max(1, frames - 1))
     elif label == "oscillate":
         period = rng.uniform(12.0, 20.0)
-        cx = cx0 + rng.uniform(8.0, 14.0) * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
-    else:
-        raise ValueError(f"unknown motion class {label!r}")
+        cx = cx0 + speed * rng.uniform(8.0, 14.0) * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
+    elif label == "slide_diagonal":
+        heading = np.deg2rad(45.0 + 90.0 * rng.integers(4))
+        velocity = speed * rng.uniform(0.8, 1.4)
+        cx, cy = cx0 + velocity * np.cos(heading) * centred, cy0 + velocity * np.sin(heading) * centred
+    elif label == "orbit":
+        radius, phase = speed * rng.uniform(8.0, 14.0), phase_of(rng.uniform(16.0, 24.0)) * direction
+        cx, cy = cx0 + radius * np.cos(phase), cy0 + radius * np.sin(phase)
+    elif label == "bounce":
+        cy = cy0 + speed * rng.uniform(6.0, 11.0) * np.sin(phase_of(rng.uniform(12.0, 20.0)))
+    elif label == "pulse":
+        scale = 1.0 + speed * rng.uniform(0.15, 0.25) * np.sin(phase_of(rng.uniform(12.0, 20.0)))
+    elif label == "swing":
+        angle = angle0 + speed * np.deg2rad(rng.uniform(20.0, 35.0)) * np.sin(phase_of(rng.uniform(12.0, 20.0)))
+    elif label != "still":
+        raise ValueError(f"unknown motion class {label!r}; allowed: {', '.join(MOTION_CLASSES)}")
     return cx, cy, angle, scale
 
 
-def demo_scene(label: str, seed: int, *, width: int, height: int, frames: int, fps: int, camera_motion: bool) -> SceneTruth:
-    """One demo video: a textured object moving as `label` says, over a random background that the
+def demo_scene(label: str, seed: int, *, width: int, height: int, frames: int, fps: int, camera_motion: bool,
+               style: DemoStyle = DemoStyle()) -> SceneTruth:  # fmt: skip
+    """One demo video: textured objects moving as `label` says, over a random background that the
     camera pans across when `camera_motion`. Appearance is random and independent of the label."""
     rng = np.random.default_rng(seed)
     pan = (0.0, 0.0)
     if camera_motion:
-        speed, heading = rng.uniform(0.5, 1.5), rng.uniform(0, 2 * np.pi)
+        speed, heading = rng.uniform(*style.camera_speed), rng.uniform(0, 2 * np.pi)
         pan = (speed * np.cos(heading), speed * np.sin(heading))
-    background = _background(rng, width, height, frames, pan)
-    cx, cy, angle, scale = _object_params(label, rng, width, height, frames)
-    radius_y = rng.uniform(0.2, 0.28) * height
-    radius_x = radius_y * rng.uniform(0.8, 1.4)
-    tex = (int(2 * radius_y) + 8, int(2 * radius_x) + 8)
-    # The object moves with the world: the camera pan shifts it on screen as it shifts the background.
-    params = [
-        (float(cx[i] + pan[0] * i), float(cy[i] + pan[1] * i), float(angle[i]), float(scale[i])) for i in range(frames)
-    ]
-    obj = Layer(texture_seed=int(rng.integers(2**31)), texture_size=tex, params=params, ellipse=(radius_y, radius_x))
+    layers = [_background(rng, width, height, frames, pan, style.texture)]
+    for k in range(style.objects):  # spread side by side; one object sits in the middle
+        centre = ((k + 0.5) / style.objects, 0.5)
+        cx, cy, angle, scale = _object_params(label, rng, width, height, frames, speed=style.speed, centre=centre)
+        radius_y = rng.uniform(*style.object_size) * height
+        radius_x = radius_y * rng.uniform(0.8, 1.4)
+        tex = (int(2 * radius_y) + 8, int(2 * radius_x) + 8)
+        # The object moves with the world: the camera pan shifts it on screen as it shifts the background.
+        params = [(float(cx[i] + pan[0] * i), float(cy[i] + pan[1] * i), float(angle[i]), float(scale[i])) for i in range(frames)]
+        layers.append(Layer(texture_seed=int(rng.integers(2**31)), texture_size=tex, params=params, ellipse=(radius_y, radius_x),
+                            texture=style.texture))  # fmt: skip
     return SceneTruth(
         width=width, height=height, fps=(fps, 1), num_frames=frames,
-        segments=[Segment(0, [background, obj])], kind=f"object {label}" + (" with camera pan" if camera_motion else ""),
+        segments=[Segment(0, layers)], kind=f"object {label}" + (" with camera pan" if camera_motion else ""),
         label=label,
     )  # fmt: skip
 

@@ -35,21 +35,45 @@ class DataParams(Section):
     labels: str = Field("data/demo/labels.parquet", description="class of each video (relpath, label): what evaluation scores")
 
 
-MOTION_CLASSES = ("slide_horizontal", "slide_vertical", "rotate", "zoom_in", "zoom_out", "oscillate")
+# The object motions the demo can make (pipeline/synth.py). Under a horizontal flip each class maps
+# onto itself, except the pairs in FLIP_PARTNERS: a dataset holding both of a pair can only be told
+# apart with dataset.flip: 0.
+DEMO_CLASSES = ("slide_horizontal", "slide_vertical", "rotate", "zoom_in", "zoom_out", "oscillate")
+MOTION_CLASSES = (*DEMO_CLASSES, "slide_diagonal", "orbit", "bounce", "pulse", "swing", "still",
+                  "slide_left", "slide_right", "slide_up", "slide_down", "rotate_cw", "rotate_ccw")  # fmt: skip
+FLIP_PARTNERS = {"slide_left": "slide_right", "slide_right": "slide_left", "rotate_cw": "rotate_ccw", "rotate_ccw": "rotate_cw"}
+TEXTURES = ("blobs", "gratings")
 
 
 class MakeDemoParams(Section):
-    """Synthetic labelled demo dataset (see pipeline/synth.py)."""
+    """Synthetic labelled demo dataset (see pipeline/synth.py). Besides the seed, the knobs change
+    what a training recipe could overfit to, for held-out variants (bench/variants/)."""
 
     seed: int = 0
-    classes: list[Literal[MOTION_CLASSES]] = Field(default_factory=lambda: list(MOTION_CLASSES))  # type: ignore[valid-type]
+    classes: list[Literal[MOTION_CLASSES]] = Field(default_factory=lambda: list(DEMO_CLASSES))  # type: ignore[valid-type]
     videos_per_class: int = Field(8, ge=1, le=10_000)
     frames: int = Field(48, ge=2, le=10_000)
     width: int = Field(170, ge=16, le=4096)
     height: int = Field(128, ge=16, le=4096)
     fps: int = Field(25, ge=1, le=240)
     camera_motion_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    camera_speed: tuple[float, float] = Field((0.5, 1.5), description="range of a camera pan's speed, px/frame")
+    texture: Literal[TEXTURES] = Field("blobs", description="texture family of background and objects")  # type: ignore[valid-type]
+    object_size: tuple[float, float] = Field((0.2, 0.28), description="range of an object's radius, share of the frame height")
+    speed: float = Field(1.0, gt=0, le=10, description="factor on every class motion's speed")
+    objects: int = Field(1, ge=1, le=8, description="objects per video, each moving as its class says")
     crf: int = Field(12, ge=0, le=51)
+
+    @field_validator("camera_speed", "object_size")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError(f"must be [low, high] with 0 <= low <= high, got {list(value)}")
+        return value
+
+    def flip_exchanged(self) -> list[tuple[str, str]]:
+        """Pairs of these classes that a horizontal flip turns into each other."""
+        return sorted({tuple(sorted((c, FLIP_PARTNERS[c]))) for c in self.classes if FLIP_PARTNERS.get(c) in self.classes})
 
     @field_validator("classes")
     @classmethod

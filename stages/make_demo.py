@@ -5,7 +5,9 @@
     <out>/labels.parquet                    class of each video (schemas.tables.DEMO_LABELS)
 
 The class is the object's motion; textures, colours, sizes and camera pans are random and the same
-for every class, so appearance alone does not give the class away. Deterministic in `seed`.
+for every class, so appearance alone does not give the class away. Deterministic in `seed`. The
+other params (texture family, object size and count, motion and camera speed, the classes) make
+variants that a training recipe was not tuned on (bench/variants/).
 """
 
 from __future__ import annotations
@@ -52,9 +54,9 @@ def plan(params: MakeDemoParams, root: str) -> list[DemoItem]:
 
 def make_one(item: DemoItem) -> dict:
     p = item.params
-    truth = synth.demo_scene(
-        item.label, item.seed, width=p.width, height=p.height, frames=p.frames, fps=p.fps, camera_motion=item.camera_motion
-    )
+    style = synth.DemoStyle(texture=p.texture, object_size=p.object_size, speed=p.speed, camera_speed=p.camera_speed, objects=p.objects)
+    truth = synth.demo_scene(item.label, item.seed, width=p.width, height=p.height, frames=p.frames, fps=p.fps,
+                             camera_motion=item.camera_motion, style=style)  # fmt: skip
     root = Path(item.root)
     encode_video(synth.render_frames(truth), root / "videos" / item.relpath, fps=p.fps, codec="h264", quality=p.crf)
     truth_rel = f"truth/{Path(item.relpath).with_suffix('.json')}"
@@ -87,5 +89,7 @@ def run(params: MakeDemoParams, out: str | Path, *, scheduler: str | None = None
     summary.add("videos", len(rows))
     summary.add("classes", len(params.classes))
     summary.add("frames", len(rows) * params.frames)
+    for pair in params.flip_exchanged():
+        summary.notes.append(f"a horizontal flip turns {pair[0]} into {pair[1]}: train with dataset.flip: 0 to tell them apart")
     log.info("demo videos in %s", out / "videos")
     return summary

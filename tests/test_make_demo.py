@@ -65,3 +65,13 @@ def test_appearance_does_not_depend_on_the_class():
         stats[label] = (np.mean([f.mean() for f in frames]), np.mean([f.std() for f in frames]))
     means = np.array(list(stats.values()))
     assert np.ptp(means[:, 0]) < 12 and np.ptp(means[:, 1]) < 8
+
+
+def test_flip_exchanged_classes_are_named_in_the_summary(tmp_path):
+    params = MakeDemoParams(classes=["slide_left", "slide_right", "rotate_cw", "orbit"], videos_per_class=1, frames=4, width=32, height=24)
+    assert params.flip_exchanged() == [("slide_left", "slide_right")]
+    summary = make_demo.run(params, tmp_path / "demo", scheduler="sync")
+    assert any("slide_left into slide_right: train with dataset.flip: 0" in note for note in summary.notes)
+    assert MakeDemoParams(classes=["orbit", "bounce"]).flip_exchanged() == []
+    with pytest.raises(ValueError, match="0 <= low <= high"):
+        MakeDemoParams(object_size=(0.3, 0.1))

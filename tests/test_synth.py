@@ -1,5 +1,7 @@
 """pipeline/synth.py: ground-truth motion is exact, and matches the videos made from it."""
 
+import hashlib
+
 import cv2
 import numpy as np
 import pytest
@@ -83,3 +85,69 @@ def test_scene_cut_truth():
     slow, _ = synth.truth_flow(truth, 30)
     fast, _ = synth.truth_flow(truth, 40)
     np.testing.assert_allclose(fast[60, 80], 2 * slow[60, 80], atol=1e-6)  # the speed change
+
+
+def test_the_default_demo_scene_is_unchanged_by_the_variant_knobs():
+    """Held-out variants added knobs; the default demo must render the very same pixels as before."""
+    truth = synth.demo_scene("oscillate", 3, width=64, height=48, frames=4, fps=25, camera_motion=True)
+    digest = hashlib.sha256(np.stack(list(synth.render_frames(truth))).tobytes()).hexdigest()
+    assert digest == "7df5f02e38321b3c27c23b54fe4b4ff0898d712089a88e400666edc0ed22e20c"
+
+
+def _track(label: str, seed: int = 11, style: synth.DemoStyle = synth.DemoStyle(), frames: int = 40) -> np.ndarray:
+    """(frames, 4): cx, cy, angle, scale of the first object, without camera motion."""
+    truth = synth.demo_scene(label, seed, width=96, height=72, frames=frames, fps=25, camera_motion=False, style=style)
+    return np.array(truth.segments[0].layers[1].params)
+
+
+@pytest.mark.parametrize(
+    ("label", "check"),
+    [
+        ("slide_left", lambda p: np.all(np.diff(p[:, 0]) < 0) and np.ptp(p[:, 1]) == 0),
+        ("slide_right", lambda p: np.all(np.diff(p[:, 0]) > 0) and np.ptp(p[:, 1]) == 0),
+        ("slide_up", lambda p: np.all(np.diff(p[:, 1]) < 0) and np.ptp(p[:, 0]) == 0),
+        ("slide_down", lambda p: np.all(np.diff(p[:, 1]) > 0) and np.ptp(p[:, 0]) == 0),
+        ("rotate_ccw", lambda p: np.all(np.diff(p[:, 2]) > 0)),  # angle grows counter-clockwise on screen
+        ("rotate_cw", lambda p: np.all(np.diff(p[:, 2]) < 0)),
+        ("slide_diagonal", lambda p: np.allclose(np.abs(np.diff(p[:, 0])), np.abs(np.diff(p[:, 1]))) and np.ptp(p[:, 0]) > 20),
+        ("orbit", lambda p: np.ptp(np.hypot(*(p[:, :2] - (p[:, :2].max(0) + p[:, :2].min(0)) / 2).T)) < 0.5 and np.ptp(p[:, 0]) > 10),
+        ("bounce", lambda p: np.ptp(p[:, 0]) == 0 and np.ptp(p[:, 1]) > 8 and (np.diff(np.sign(np.diff(p[:, 1]))) != 0).any()),
+        ("pulse", lambda p: np.ptp(p[:, 3]) > 0.2 and np.ptp(p[:, :3], axis=0).max() == 0),
+        ("swing", lambda p: np.ptp(p[:, 2]) > 0.5 and (np.diff(np.sign(np.diff(p[:, 2]))) != 0).any()),
+        ("still", lambda p: np.ptp(p, axis=0).max() == 0),
+    ],
+)
+def test_each_motion_class_moves_as_its_name_says(label, check):
+    for seed in range(4):
+        assert check(_track(label, seed)), (label, seed)
+
+
+def test_speed_scales_every_motion_and_objects_multiply():
+    slow, fast = _track("slide_horizontal"), _track("slide_horizontal", style=synth.DemoStyle(speed=2.0))
+    np.testing.assert_allclose(np.diff(fast[:, 0]), 2 * np.diff(slow[:, 0]))
+    swing, wide = _track("swing"), _track("swing", style=synth.DemoStyle(speed=2.0))
+    np.testing.assert_allclose(wide[:, 2] - wide[0, 2], 2 * (swing[:, 2] - swing[0, 2]), atol=1e-12)
+    style = synth.DemoStyle(objects=3, object_size=(0.1, 0.12), texture="gratings", camera_speed=(2.0, 2.0))
+    truth = synth.demo_scene("rotate", 5, width=96, height=72, frames=4, fps=25, camera_motion=True, style=style)
+    layers = truth.segments[0].layers
+    assert len(layers) == 4 and {layer.texture for layer in layers} == {"gratings"}
+    assert [round(layer.params[0][0] / 96, 1) for layer in layers[1:]] == pytest.approx([0.2, 0.5, 0.8], abs=0.1)  # side by side
+    assert all(0.1 * 72 <= layer.ellipse[0] <= 0.12 * 72 for layer in layers[1:])
+    pan = np.subtract(layers[0].params[1][:2], layers[0].params[0][:2])
+    assert np.hypot(*pan) == pytest.approx(2.0)
+    assert synth.SceneTruth.from_json(truth.to_json()) == truth
+    frames = list(synth.render_frames(truth))
+    flow, valid = synth.truth_flow(truth, 1)
+    error = np.abs(backward_warp(frames[2], flow) - frames[1])[valid].mean()
+    still = np.abs(frames[2].astype(np.float32) - frames[1])[valid].mean()
+    assert error < still / 5  # the truth describes the gratings video too
+
+
+def test_texture_families_differ_and_unknown_ones_are_refused():
+    blobs, gratings = synth.make_texture(3, (40, 50)), synth.make_texture(3, (40, 50), "gratings")
+    assert blobs.shape == gratings.shape == (40, 50, 3) and not np.allclose(blobs, gratings)
+    np.testing.assert_array_equal(gratings, synth.make_texture(3, (40, 50), "gratings"))
+    with pytest.raises(ValueError, match="allowed: blobs, gratings"):
+        synth.make_texture(3, (40, 50), "marble")
+    with pytest.raises(ValueError, match="unknown motion class 'wobble'"):
+        synth.demo_scene("wobble", 1, width=32, height=24, frames=2, fps=25, camera_motion=False)
