@@ -25,7 +25,7 @@ import torch
 from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as F
 
-from schemas.params import FLOW_NORMS, DatasetParams
+from schemas.params import CAMERA_COMPENSATIONS, FLOW_NORMS, DatasetParams
 
 # FRA angles: b = (0.2 + 0.2k) * pi for k in 0..7 (36 to 288 degrees; never 0, so never the identity).
 FRA_ANGLES = tuple((0.2 + 0.2 * k) * math.pi for k in range(8))
@@ -48,14 +48,19 @@ def resized_crop(rgb: torch.Tensor, flow: torch.Tensor, box: tuple[int, int, int
     The flow is resampled bilinearly like the RGB, and its vectors scaled by the resize factors:
     out_w / width for u, out_h / height for v.
     """
+    rgb = F.resized_crop(rgb, *box, list(size), antialias=True)
+    return rgb, resized_crop_flow(flow, box, size)
+
+
+def resized_crop_flow(flow: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Flow (T, 2, H, W) cropped to `box` and resized to `size`, its vectors scaled by the resize
+    factors: out_w / width for u, out_h / height for v."""
     top, left, height, width = box
     out_h, out_w = size
-    rgb = F.resized_crop(rgb, top, left, height, width, [out_h, out_w], antialias=True)
     # Crop before leaving float16, so only the kept pixels are converted.
-    flow = flow[..., top : top + height, left : left + width].float()
-    flow = F.resize(flow, [out_h, out_w], antialias=True)
+    flow = F.resize(flow[..., top : top + height, left : left + width].float(), [out_h, out_w], antialias=True)
     scale = torch.tensor([out_w / width, out_h / height], dtype=flow.dtype).view(1, 2, 1, 1)
-    return rgb, flow * scale
+    return flow * scale
 
 
 def hflip(rgb: torch.Tensor, flow: torch.Tensor):
@@ -88,6 +93,33 @@ def normalise_flow(flow: torch.Tensor, mode: str, bound: float = 20.0) -> torch.
     raise ValueError(f"unknown flow normalisation {mode!r}; allowed: {', '.join(FLOW_NORMS)}")
 
 
+def subtract_camera(flow: torch.Tensor, mode: str) -> torch.Tensor:
+    """Flow (T, 2, H, W) without the camera's motion, as far as `mode` models it: "median" removes
+    each frame's median vector (a pan, where the background covers most of the frame: TSN's warped
+    flow in its simplest, translation-only form), taken over every 4th pixel in each direction (the
+    same pan, 20x faster than over every pixel); "none" keeps the flow as it is."""
+    if mode == "none":
+        return flow
+    if mode == "median":
+        flow = flow.float()
+        return flow - flow[..., ::4, ::4].flatten(2).median(dim=2).values[..., None, None]
+    raise ValueError(f"unknown camera compensation {mode!r}; allowed: {', '.join(CAMERA_COMPENSATIONS)}")
+
+
+def view_flow(flow: torch.Tensor, box: tuple[int, int, int, int], size: int, norm: str, bound: float = 20.0,
+              camera: str = "none") -> torch.Tensor:  # fmt: skip
+    """Stored flow (T, 2, H, W) as the flow encoder reads a view: the camera's motion removed
+    (`camera`, over the whole stored frame), `box` resized to size x size with the vectors scaled,
+    and normalised by `norm` (frame_max_magnitude over the whole stored frame before the crop, as
+    the authors do; the other modes over the crop)."""
+    flow = subtract_camera(flow, camera)
+    whole_frame = norm == "frame_max_magnitude"
+    if whole_frame:
+        flow = normalise_flow(flow.float(), norm)
+    flow = resized_crop_flow(flow, box, (size, size))
+    return flow if whole_frame else normalise_flow(flow, norm, bound)
+
+
 class ViewAugment:
     """One view's augmentation under `DatasetParams`: crop box, flip, colour (RGB only), flow scaling."""
 
@@ -116,13 +148,9 @@ class ViewAugment:
                 rgb = F.resized_crop(rgb, *box, [p.crop_size, p.crop_size], antialias=True)
                 rgb = F.hflip(rgb) if flipped else rgb
             else:
-                whole_frame = p.flow_norm == "frame_max_magnitude"  # the authors': before the crop
-                if whole_frame:
-                    flow = normalise_flow(flow.float(), p.flow_norm)
-                rgb, flow = resized_crop(rgb, flow, box, (p.crop_size, p.crop_size))
+                rgb = F.resized_crop(rgb, *box, [p.crop_size, p.crop_size], antialias=True)
+                flow = view_flow(flow, box, p.crop_size, p.flow_norm, p.flow_bound, p.flow_camera)
                 if flipped:
                     rgb, flow = hflip(rgb, flow)
-                if not whole_frame:
-                    flow = normalise_flow(flow, p.flow_norm, p.flow_bound)
             rgb = self.colour(rgb)
         return rgb, flow, ViewGeometry(*box, flipped)

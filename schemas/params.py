@@ -255,6 +255,7 @@ class SampleParams(Section):
 
 FLOW_NORMS = ("max_magnitude", "frame_max_magnitude", "fixed", "none")
 FLOW_INPUTS = ("uv", "colour")
+CAMERA_COMPENSATIONS = ("none", "median")
 
 
 class DatasetParams(Section):
@@ -283,6 +284,10 @@ class DatasetParams(Section):
         "max_magnitude: the same on the crop; fixed: / flow_bound, clipped to [-1, 1]; none: pixels of the crop",
     )
     flow_bound: float = Field(20.0, gt=0, description="with flow_norm: fixed, pixels/frame that map to 1")
+    flow_camera: Literal[CAMERA_COMPENSATIONS] = Field(  # type: ignore[valid-type]
+        "none", description="none: the flow as stored (the authors'); median: each frame's median vector removed first "
+        "(the camera's pan, as TSN's warped flow removes camera motion)",
+    )
     flow_input: Literal[FLOW_INPUTS] = Field(  # type: ignore[valid-type]
         "uv", description="what the flow encoder reads: uv, the 2-channel field, through a (2,7,7) stem; colour, the authors': "
         "the field drawn in the Middlebury colour wheel, through their (1,7,7) stem",

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pipeline.augment import FRA_ANGLES, ViewAugment, hflip, normalise_flow, resized_crop, rotate_vectors
+from pipeline.augment import FRA_ANGLES, ViewAugment, hflip, normalise_flow, resized_crop, rotate_vectors, subtract_camera, view_flow
 from schemas.params import DatasetParams
 
 
@@ -123,3 +123,19 @@ def test_crop_box_follows_the_params():
         assert geo.width * geo.height == pytest.approx(0.25 * 64 * 128, rel=0.05)
         assert geo.width / geo.height == pytest.approx(2.0, rel=0.05)
         assert 0 <= geo.top <= 64 - geo.height and 0 <= geo.left <= 128 - geo.width and not geo.flipped
+
+
+def test_camera_compensation_removes_a_pan_and_keeps_the_objects_own_motion():
+    flow = torch.zeros(2, 2, 40, 50)
+    flow[:, 0], flow[:, 1] = 2.0, -1.0  # the camera pans
+    flow[:, :, 10:20, 10:20] += torch.tensor([3.0, 0.0]).view(1, 2, 1, 1)  # an object moves right, relative to the world
+    out = subtract_camera(flow, "median")
+    assert out[:, :, 25:, 25:].abs().max() == 0  # the background is still
+    assert torch.equal(out[:, :, 10:20, 10:20], torch.tensor([3.0, 0.0]).view(1, 2, 1, 1).expand(2, 2, 10, 10))
+    assert subtract_camera(flow, "none") is flow
+    with pytest.raises(ValueError, match="allowed: none, median"):
+        subtract_camera(flow, "homography")
+    # In a view the pan is measured on the whole stored frame, before the crop: a crop of the object
+    # alone keeps its motion, where the crop's own median would have removed it.
+    view = view_flow(flow.half(), (10, 10, 10, 10), 20, "none", camera="median")
+    assert torch.allclose(view[:, 0], torch.tensor(6.0)) and torch.allclose(view[:, 1], torch.tensor(0.0))
