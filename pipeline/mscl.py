@@ -103,10 +103,10 @@ class MSCL(nn.Module):
     def _keys(self, encoder: Encoder, x: torch.Tensor) -> torch.Tensor:
         parts = self._bn_parts(len(x))
         if parts == 1:
-            return F.normalize(encoder(x)[0], dim=1)
+            return F.normalize(encoder(x)[0].float(), dim=1)
         order = torch.randperm(len(x), generator=self.shuffle_generator).to(x.device)
         keys = torch.cat([encoder(x[part])[0] for part in order.chunk(parts)])
-        return F.normalize(keys[torch.argsort(order)], dim=1)
+        return F.normalize(keys[torch.argsort(order)].float(), dim=1)
 
     @torch.no_grad()
     def enqueue(self, keys: dict[str, torch.Tensor]) -> None:
@@ -173,8 +173,8 @@ class MSCL(nn.Module):
     def _query(self, encoder: Encoder, x: torch.Tensor, local: bool):
         """Query embeddings (and local features), batch norm seeing `bn_splits` parts in turn."""
         outputs = [encoder(part, local=local) for part in x.chunk(self._bn_parts(len(x)))]
-        embedding = torch.cat([out[0] for out in outputs])
-        features = torch.cat([out[1] for out in outputs]) if local else None
+        embedding = torch.cat([out[0] for out in outputs]).float()  # float32 from here on, even under autocast
+        features = torch.cat([out[1] for out in outputs]).float() if local else None
         return F.normalize(embedding, dim=1), features
 
     def _pairs(self, queries: dict, keys: dict, queue: torch.Tensor, temperature: float) -> torch.Tensor:

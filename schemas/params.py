@@ -355,7 +355,8 @@ class TrainParams(Section):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(5, ge=0)
     grad_clip: float = Field(40.0, gt=0)
-    amp: bool = Field(True, description="mixed precision where the device supports it (CUDA); CPU trains in float32")
+    amp: bool = Field(True, description="mixed precision on CUDA (float16, the losses in float32); CPU trains in float32 "
+                      "(bfloat16 was not deterministic there: bench/train_step.py)")
     num_workers: int = Field(2, ge=0, description="DataLoader workers per rank")
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -87,3 +87,17 @@ def test_losses_have_gradients_only_through_their_inputs():
 def test_lmcl_refuses_time_steps_that_do_not_pair_up():
     with pytest.raises(ValueError, match="RGB features .*4.*flow .*3"):
         lmcl(unit(2, 8, 4), unit(2, 8, 3), unit(2, 8, 3), 0.07)
+
+
+def test_losses_compute_in_float32_under_autocast():
+    """Similarities over a temperature of 0.07 need float32: bfloat16 logits would be off by ~1%."""
+    g = torch.Generator().manual_seed(3)
+    query, key, queue = (F.normalize(torch.randn(*shape, generator=g), dim=1) for shape in ((8, 32), (8, 32), (64, 32)))
+    rgb, flow, rotated = (F.normalize(torch.randn(4, 16, 4, generator=g), dim=1) for _ in range(3))
+    plain = info_nce(query, key, queue, 0.07), lmcl(rgb, flow, rotated, 0.07)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = info_nce(query.bfloat16(), key.bfloat16(), queue, 0.07), lmcl(rgb, flow, rotated, 0.07)
+    assert mixed[1].dtype == torch.float32 and torch.allclose(mixed[1], plain[1], atol=1e-6)
+    # bfloat16 inputs lose their own precision, but nothing more is lost inside the loss:
+    reference = info_nce(query.bfloat16().float(), key.bfloat16().float(), queue, 0.07)
+    assert mixed[0].dtype == torch.float32 and torch.allclose(mixed[0], reference, atol=1e-6)

@@ -13,13 +13,13 @@ import yaml
 from torchvision.models.video import r3d_18
 
 from conftest import REPO
-from pipeline.trainer import CHECKPOINT, lr_factor, make_deterministic, train
+from pipeline.trainer import CHECKPOINT, amp_dtype, lr_factor, make_deterministic, train
 from schemas.params import DatasetParams, Params, SampleParams, TrainParams
 from stages import sample as sample_stage
 
 TINY = TrainParams(encoder="compact", width=8, queue_size=32, batch_size=4, flow_width_ratio=0.5, flow_blocks=(1, 1, 1, 1),
                    local_dim=16, epochs=2, lr=0.05, warmup_epochs=0.5, num_workers=0, checkpoint_every=1000, key_momentum=0.99,
-                   head_bn=True, symmetric=True)  # fmt: skip  (the demo's recipe)
+                   head_bn=True)  # fmt: skip  (the demo's recipe)
 SMALL_CROPS = DatasetParams(crop_size=32, view2_window=16, color_jitter_p=0, grayscale_p=0, blur_p=0, epoch="per_clip")
 
 
@@ -78,6 +78,11 @@ def test_a_killed_run_resumes_into_the_same_steps(index, fixture_flowed, tmp_pat
     final_a = torch.load(full / "rgb_encoder.pt", weights_only=True)
     final_b = torch.load(killed / "rgb_encoder.pt", weights_only=True)
     assert all(torch.allclose(final_a[k].float(), final_b[k].float(), atol=1e-4) for k in final_a)
+
+
+def test_mixed_precision_is_float16_on_cuda_and_float32_on_cpu():
+    assert amp_dtype(torch.device("cuda"), True) == torch.float16 and amp_dtype(torch.device("cuda"), False) is None
+    assert amp_dtype(torch.device("cpu"), True) is None  # bfloat16 there was not deterministic (bench/train_step.py)
 
 
 def test_cuda_runs_use_deterministic_cudnn(monkeypatch):
