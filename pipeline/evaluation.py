@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from pipeline.augment import view_flow
 from pipeline.dataset import normalise_rgb
 
 
@@ -77,6 +78,40 @@ def centre_clip(frames: np.ndarray, size: int) -> torch.Tensor:
     clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
     clip = TF.center_crop(TF.resize(clip, [size], antialias=True), [size, size])
     return normalise_rgb(clip.permute(1, 0, 2, 3))
+
+
+def centre_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, side, side): the largest centred square of a frame."""
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def centre_flow_clip(flow: np.ndarray, size: int, norm: str, bound: float = 20.0, camera: str = "none") -> torch.Tensor:
+    """(T, H, W, 2) stored flow -> (2, T, size, size) float: the centred square resized to `size`,
+    vectors scaled with it, as a training view's flow (`dataset.flow_camera`, `flow_norm`)."""
+    clip = torch.from_numpy(np.ascontiguousarray(flow)).permute(0, 3, 1, 2)
+    return view_flow(clip, centre_box(*clip.shape[-2:]), size, norm, bound, camera).permute(1, 0, 2, 3)
+
+
+def motion_histogram(flow: np.ndarray, grid: int = 4, bins: int = 8) -> np.ndarray:
+    """A non-learned motion descriptor of a video, to show how much motion its flow holds.
+
+    Flow (N, H, W, 2) in pixels -> (grid * grid * bins,): each frame's median vector (the camera's
+    motion, where the background dominates) is removed; in each cell of a grid x grid partition of
+    the frame, the remaining vectors' directions in `bins` sectors, weighted by their length and
+    summed over frames; each cell's histogram divided by the video's total and square-rooted
+    (Hellinger), so cosine similarity compares distributions of motion."""
+    flow = torch.from_numpy(np.asarray(flow, np.float32))
+    n, height, width, _ = flow.shape
+    flow = flow - flow.flatten(1, 2).median(dim=1).values[:, None, None, :]
+    length = flow.norm(dim=-1)
+    sector = ((torch.atan2(flow[..., 1], flow[..., 0]) / (2 * torch.pi) + 0.5) * bins).long().clamp_(0, bins - 1)
+    rows = torch.arange(height) * grid // height
+    cols = torch.arange(width) * grid // width
+    cell = (rows[:, None] * grid + cols[None, :]).expand(n, height, width)
+    histogram = torch.zeros(grid * grid * bins, dtype=torch.float64)
+    histogram.index_add_(0, (cell * bins + sector).flatten(), length.flatten().double())
+    return (histogram / histogram.sum().clamp_min(1e-12)).sqrt().numpy()
 
 
 def retrieval_recall(query: torch.Tensor, query_labels: np.ndarray, gallery: torch.Tensor, gallery_labels: np.ndarray,

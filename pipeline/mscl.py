@@ -18,6 +18,10 @@ so a query and its key never share batch statistics (a shared statistic lets the
 positive without learning anything). The permutations come from a CPU generator of the model's
 own, which checkpoints hold: a resumed run repeats them on any device.
 
+With `fame`, view 1's RGB clips may first be turned into their moving foreground over another
+clip's background (FAME, pipeline/fame.py), so that RGB-RGB positives share the motion and not the
+scene.
+
 The cross-modal losses are added at weight 1 each (RGB->flow and flow->RGB, and both again with the
 rotated flow), as the authors' release adds them; `weights.cross` and `weights.cross_rot` scale
 each pair's sum.
@@ -33,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.fame import background_order, foreground_mask, merge
 from pipeline.flowviz import wheel_colours
 from pipeline.losses import info_nce, lmcl
 from pipeline.models import Encoder, FlowInput, flow_backbone, rgb_backbone
@@ -53,6 +58,14 @@ def _gather(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
     torch.distributed.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+def flow_encoder_input(flow: torch.Tensor, flow_input: FlowInput) -> torch.Tensor:
+    """(..., 2, T, H, W) flow as the flow encoder takes it: as it is ("uv"), or drawn in the colour
+    wheel, (..., 3, T, H, W) in [0, 1] ("colour", the authors' input)."""
+    if flow_input == "uv":
+        return flow
+    return wheel_colours(flow.transpose(-4, -3)).transpose(-4, -3) / 255
 
 
 class MSCL(nn.Module):
@@ -127,6 +140,8 @@ class MSCL(nn.Module):
         p = self.params
         t = p.temperature
         self.momentum_update(momentum)
+        if p.fame > 0:
+            batch = self.fame(batch)
         # View 1 queries view 2's key (the authors'); symmetric, each view queries the other's too.
         query_views, key_views = ((0, 1), (0, 1)) if p.symmetric else ((0,), (1,))
 
@@ -163,12 +178,38 @@ class MSCL(nn.Module):
         weighted = {name: weights[name] * value for name, value in parts.items()}
         return sum(weighted.values()), weighted, keys
 
+    def fame(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with each view-1 RGB clip, with probability `fame`, turned into its moving
+        foreground over another clip's background (pipeline/fame.py; the mask from view 1's flow)."""
+        query = batch["rgb"][:, 0]
+        mask = foreground_mask(batch["flow"][:, 0], self.params.fame_share)
+        order = background_order(len(query), self.shuffle_generator).to(query.device)
+        chosen = (torch.rand(len(query), generator=self.shuffle_generator) < self.params.fame).to(query.device)
+        merged = torch.where(chosen.view(-1, 1, 1, 1, 1), merge(query, mask, order), query)
+        return {**batch, "rgb": torch.stack([merged, batch["rgb"][:, 1]], dim=1)}
+
+    def chance_losses(self, clip_len: int) -> dict[str, float]:
+        """Each weighted loss part of an encoder that knows nothing (a uniform softmax over its
+        candidates): log(queue + 1) for a clip-level pair, twice that for the two cross-modal
+        directions, log(candidates) for LMCL. A curve must fall below this to have learned."""
+        p = self.params
+        clip = math.log(p.queue_size + 1)
+        chance = {"rgb": clip}
+        if self.use_flow:
+            chance["flow"] = clip
+            if self.use_fra:
+                chance["flow_rot"] = clip
+            if self.use_cross:
+                chance["cross"] = 2 * clip
+                if self.use_fra:
+                    chance["cross_rot"] = 2 * clip
+            if self.use_lmcl:  # ceil(T/2) time steps, as many again of the rotated flow with FRA
+                chance["lmcl"] = math.log(math.ceil(clip_len / 2) * (2 if self.use_fra else 1))
+        weights = p.weights.model_dump() if self.use_flow else {"rgb": 1.0}
+        return {name: round(weights[name] * value, 5) for name, value in chance.items()}
+
     def flow_view(self, flow: torch.Tensor) -> torch.Tensor:
-        """(B, V, 2, T, H, W) flow as the flow encoder takes it: as it is ("uv"), or drawn in the
-        colour wheel, (B, V, 3, T, H, W) in [0, 1] ("colour", the authors' input)."""
-        if self.flow_input == "uv":
-            return flow
-        return wheel_colours(flow.transpose(2, 3)).transpose(2, 3) / 255
+        return flow_encoder_input(flow, self.flow_input)
 
     def _query(self, encoder: Encoder, x: torch.Tensor, local: bool):
         """Query embeddings (and local features), batch norm seeing `bn_splits` parts in turn."""

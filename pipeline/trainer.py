@@ -13,7 +13,7 @@ A finished run removes its checkpoint and leaves:
     rgb_encoder.pt  the RGB backbone's state dict alone (with r3d_18: loads strictly into
                     torchvision's r3d_18; its fc is torchvision's untrained initial one)
     losses.csv      per step: epoch, lr, key momentum, total and every loss part (DVC plots)
-    metrics.json    final losses, steps, clips/s (DVC metrics)
+    metrics.json    final losses, each loss's chance value, steps, clips/s (DVC metrics)
 
 Under `torchrun` every rank trains on its shard of each epoch (DDP over gloo on CPU, NCCL on CUDA),
 the queues take every rank's keys, and rank 0 writes the files.
@@ -142,10 +142,10 @@ def train(
     make_deterministic(device)
     dist = setup_distributed(device)
     torch.manual_seed(p.seed)  # the same initial weights on every rank
-    # The dataset yields rotated flow only when a loss uses it, and flow only for MSCL.
+    # The dataset yields rotated flow only when a loss uses it, and flow only for MSCL (or FAME's masks).
     dataset_params = dataset_params.model_copy(update={"rotation": method == "mscl" and p.fra})
     dataset = MSCLClips(index, store, flow_method, dataset_params, rank=dist.rank, world_size=dist.world_size,
-                        with_flow=method == "mscl")  # fmt: skip
+                        with_flow=method == "mscl" or p.fame > 0)  # fmt: skip
     # On CPU the workers share cores with the step: lower their priority so they fill idle time only.
     loader = ClipLoader(dataset, p.batch_size, num_workers=p.num_workers, pin_memory=device.type == "cuda",
                         worker_nice=10 if device.type == "cpu" else 0, drop_last=True)  # fmt: skip
@@ -242,6 +242,7 @@ def train(
 
     in_sync = ranks_in_sync(model, dist)
     metrics = final_metrics(log, steps_per_epoch, clips_seen / max(elapsed, 1e-9), dist.world_size, in_sync)
+    metrics["chance"] = model.chance_losses(dataset.index.clip_len)
     if dist.main:
         write_log(log, out / "losses.csv")
         save_atomic({"state_dict": model.state_dict(), "config": config}, out / "model.pt")

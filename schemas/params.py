@@ -348,6 +348,9 @@ class TrainParams(Section):
     fra: bool = Field(True, description="Flow Rotation Augmentation: rotated-flow losses and LMCL negatives")
     cross_modal: bool = Field(True, description="RGB<->flow clip-level losses")
     weights: LossWeights = LossWeights()
+    fame: float = Field(0.0, ge=0, le=1, description="probability that a view-1 RGB clip is its moving foreground (mask from "
+                        "the flow) over another clip's background (FAME; against background bias); 0: off, the authors'")
+    fame_share: float = Field(0.5, gt=0, lt=1, description="FAME: share of each clip's pixels kept as its foreground (FAME's beta)")
     batch_size: int = Field(128, ge=2, description="clips per step on each rank")
     epochs: int = Field(400, ge=1)
     lr: float = Field(0.02, gt=0)
@@ -371,6 +374,8 @@ class EvaluateParams(Section):
     knn: int = Field(5, ge=1, description="neighbours of the kNN probe")
     gallery_share: float = Field(0.5, gt=0, lt=1, description="share of each class's videos in the gallery (train) split")
     batch_size: int = Field(32, ge=1)
+    diagnostics: bool = Field(True, description="also score MSCL's flow encoder on the flow, and a non-learned motion descriptor")
+
 
 class Params(Section):
     """The whole `params.yaml`."""

@@ -8,6 +8,11 @@ of their group within each class into a gallery (train) and a query (test) split
 table's `group` column where it has one, else UCF101's groups read from the names (one group per
 video for other names). Writes metrics.json (DVC metrics), named by model, and the margins of MSCL
 over each baseline.
+
+With `evaluate.diagnostics`, two more blocks say where a weak result comes from: the retrieval of
+MSCL's own flow encoder on the videos' flow (and of the same encoder with random weights): did
+the flow teach anything?; and of a non-learned motion descriptor (direction histograms on a grid
+after removing each frame's median motion): how much motion do the data and their flow hold?
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.evaluation import centre_clip, clip_starts, default_group, knn_accuracy, retrieval_recall, split_videos
-from pipeline.models import exported_module, rgb_backbone
-from pipeline.store import open_frames
+from pipeline.evaluation import (centre_clip, centre_flow_clip, clip_starts, default_group, knn_accuracy, motion_histogram,
+                                 retrieval_recall, split_videos)  # fmt: skip
+from pipeline.models import exported_module, flow_backbone, rgb_backbone
+from pipeline.mscl import flow_encoder_input
+from pipeline.store import open_flow, open_frames
 from pipeline.tables import atomic_write_bytes, read_table
 from schemas.params import Params
 from schemas.tables import DECODED
@@ -42,10 +49,69 @@ def load_encoder(params: Params, weights: Path | None) -> torch.nn.Module:
     return backbone.eval()
 
 
+def load_flow_encoder(params: Params, model: Path | None) -> tuple[torch.nn.Module, str]:
+    """MSCL's flow backbone from a train stage's model.pt (or seeded random weights), and the flow
+    input it was trained on."""
+    t = params.train
+    flow_input = params.dataset.flow_input
+    state = None
+    if model is not None:
+        saved = torch.load(model, map_location="cpu", weights_only=True)
+        flow_input = saved["config"]["dataset"]["flow_input"]
+        prefix = "flow.backbone."
+        state = {key[len(prefix) :]: value for key, value in saved["state_dict"].items() if key.startswith(prefix)}
+    torch.manual_seed(t.seed)
+    widths = rgb_backbone(t.encoder, t.width, tuple(t.blocks)).widths
+    backbone = flow_backbone(widths, t.flow_width_ratio, tuple(t.flow_blocks), flow_input)
+    if state is not None:
+        backbone.load_state_dict(state, strict=True)
+    return backbone.eval(), flow_input
+
+
 @torch.no_grad()
-def clip_features(backbone: torch.nn.Module, clips: list[torch.Tensor], batch_size: int) -> torch.Tensor:
-    out = [backbone.stages(torch.stack(clips[i : i + batch_size]))[-1].mean(dim=(2, 3, 4)) for i in range(0, len(clips), batch_size)]
+def clip_features(backbone: torch.nn.Module, clips: list[torch.Tensor], batch_size: int, prepare=None) -> torch.Tensor:
+    """The pooled last stage of each clip; `prepare` maps a batch to what the backbone reads."""
+    out = []
+    for i in range(0, len(clips), batch_size):
+        batch = torch.stack(clips[i : i + batch_size])
+        out.append(backbone.stages(batch if prepare is None else prepare(batch))[-1].mean(dim=(2, 3, 4)))
     return torch.cat(out).float()
+
+
+def video_metrics(features: torch.Tensor, labels: np.ndarray, gallery: np.ndarray, ks: list[int], knn: int) -> dict[str, Any]:
+    """R@k and the kNN probe of one feature per video: the query split against the gallery split."""
+    result: dict[str, Any] = retrieval_recall(features[~gallery], labels[~gallery], features[gallery], labels[gallery], ks)
+    result["knn_top1"] = knn_accuracy(features[~gallery], labels[~gallery], features[gallery], labels[gallery], knn)
+    return result
+
+
+def per_video(features: torch.Tensor, clip_video: np.ndarray, videos: int) -> torch.Tensor:
+    """A video's feature: the mean of its clips'."""
+    return torch.stack([features[clip_video == i].mean(0) for i in range(videos)])
+
+
+def diagnostics(params: Params, videos, train_dir: Path, store: str | Path, gallery: np.ndarray) -> dict[str, Any]:
+    """Flow encoder retrieval (trained and random) and the non-learned motion descriptor, on the flow."""
+    e, d, clip_len, stride = params.evaluate, params.dataset, params.sample.clip_len, params.sample.stride
+    labels = videos.label.to_numpy()
+    clips, clip_video, histograms = [], [], []
+    for i, row in tqdm(list(videos.iterrows()), desc="evaluate: flow", unit="video"):
+        flow = open_flow(store, params.flow.method, row.video_id)[:]
+        histograms.append(motion_histogram(flow))
+        for start in clip_starts(len(flow), clip_len, stride, e.clips_per_video):
+            clips.append(centre_flow_clip(flow[start : start + (clip_len - 1) * stride + 1 : stride], d.crop_size, d.flow_norm, d.flow_bound,
+                                          d.flow_camera))  # fmt: skip
+            clip_video.append(i)
+    clip_video = np.array(clip_video)
+    out: dict[str, Any] = {"motion_histogram": video_metrics(torch.tensor(np.stack(histograms)), labels, gallery, e.ks, e.knn)}
+    model = train_dir / "mscl" / "model.pt"
+    for name, weights in (("flow_encoder", model), ("flow_encoder_random", None)):
+        if weights is not None and not weights.is_file():
+            continue
+        backbone, flow_input = load_flow_encoder(params, weights)
+        features = clip_features(backbone, clips, e.batch_size, lambda batch: flow_encoder_input(batch, flow_input))
+        out[name] = video_metrics(per_video(features, clip_video, len(videos)), labels, gallery, e.ks, e.knn)
+    return out
 
 
 def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_dir: str | Path, store: str | Path,
@@ -87,11 +153,7 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
         if weights is not None and not weights.is_file():
             raise FileNotFoundError(f"{weights}: no trained encoder; run the train stage (python cli.py train --method {name})")
         features = clip_features(load_encoder(params, weights), clips, e.batch_size)
-        video_features = torch.stack([features[clip_video == i].mean(0) for i in range(len(videos))])
-        result: dict[str, Any] = retrieval_recall(video_features[~gallery_video], video_labels[~gallery_video],
-                                                  video_features[gallery_video], video_labels[gallery_video], e.ks)  # fmt: skip
-        result["knn_top1"] = knn_accuracy(video_features[~gallery_video], video_labels[~gallery_video],
-                                          video_features[gallery_video], video_labels[gallery_video], e.knn)  # fmt: skip
+        result = video_metrics(per_video(features, clip_video, len(videos)), video_labels, gallery_video, e.ks, e.knn)
         result["clip"] = retrieval_recall(features[~in_gallery], clip_labels[~in_gallery], features[in_gallery], clip_labels[in_gallery], e.ks)
         metrics[name] = result
         line = "  ".join(f"{key} {value:5.1f}" for key, value in result.items() if key != "clip")
@@ -100,6 +162,10 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
         "mscl_vs_rgb_only_R@1": round(metrics["mscl"]["R@1"] - metrics["rgb_only"]["R@1"], 2),
         "mscl_vs_random_R@1": round(metrics["mscl"]["R@1"] - metrics["random"]["R@1"], 2),
     }
+    if e.diagnostics:
+        metrics["diagnostics"] = diagnostics(params, videos, Path(train_dir), store, gallery_video)
+        for name, result in metrics["diagnostics"].items():
+            summary.notes.append(f"{name:>19}: videos R@1 {result['R@1']:5.1f}  knn_top1 {result['knn_top1']:5.1f}")
     out = Path(out)
     atomic_write_bytes(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
     summary.notes.append(f"MSCL R@1 over RGB-only {metrics['margin']['mscl_vs_rgb_only_R@1']:+.1f}, "

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import clip_starts, default_group, knn_accuracy, retrieval_recall, split_videos
+from pipeline.evaluation import centre_flow_clip, clip_starts, default_group, knn_accuracy, motion_histogram, retrieval_recall, split_videos
 from pipeline.trainer import train
-from schemas.params import DatasetParams, Params, TrainParams
+from schemas.params import DatasetParams, FlowParams, Params, TrainParams
 from stages import evaluate as evaluate_stage
 
 
@@ -83,9 +83,30 @@ def test_clip_starts_are_evenly_spaced_whole_clips():
     assert clip_starts(29, 8, 4, 4) == [0] and clip_starts(28, 8, 4, 4) == []
 
 
+def test_motion_histogram_sees_the_objects_motion_not_the_cameras():
+    flow = np.zeros((3, 40, 40, 2), np.float32)
+    flow[..., 0] = 1.5  # a pan to the right, everywhere
+    assert not motion_histogram(flow).any()  # nothing moves but the camera
+    flow[:, 0:10, 0:10] += (0.0, 2.0)  # an object in the top-left cell moving down (v > 0)
+    histogram = motion_histogram(flow, grid=4, bins=8).reshape(4, 4, 8)
+    assert histogram[0, 0].argmax() == 6  # atan2(2, 0) = pi/2: sector (1/4 + 1/2) * 8
+    assert np.isclose((histogram**2).sum(), 1.0)  # Hellinger: square roots of a distribution
+    assert histogram.sum() == histogram[0, 0, 6]  # all of it in that cell and sector
+
+
+def test_centre_flow_clip_scales_vectors_with_the_resize():
+    flow = np.zeros((2, 64, 96, 2), np.float16)
+    flow[..., 0], flow[..., 1] = 4.0, -2.0
+    clip = centre_flow_clip(flow, 32, "none")  # the centre 64 x 64 square, halved
+    assert clip.shape == (2, 2, 32, 32)
+    assert torch.allclose(clip[0], torch.tensor(2.0)) and torch.allclose(clip[1], torch.tensor(-1.0))
+    assert torch.allclose(centre_flow_clip(flow, 32, "none", camera="median"), torch.tensor(0.0))  # a pan, removed
+
+
 def test_evaluate_stage_scores_every_model_on_the_demo(demo_sampled, tmp_path):
     params = Params()
     params = params.model_copy(update={
+        "flow": FlowParams(method="dis"),
         "dataset": DatasetParams(crop_size=32),
         "train": TrainParams(encoder="compact", width=8, queue_size=16, batch_size=8, epochs=1, num_workers=0, local_dim=16,
                              flow_width_ratio=0.5, flow_blocks=(1, 1, 1, 1)),
@@ -96,7 +117,13 @@ def test_evaluate_stage_scores_every_model_on_the_demo(demo_sampled, tmp_path):
     summary = evaluate_stage.run(params, tmp_path / "train", demo_sampled / "demo" / "labels.parquet", demo_sampled / "decode",
                                  demo_sampled / "store.zarr", tmp_path / "eval")  # fmt: skip
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(metrics) == {"mscl", "rgb_only", "random", "margin"}
+    assert set(metrics) == {"mscl", "rgb_only", "random", "margin", "diagnostics"}
+    diagnostics = metrics["diagnostics"]
+    assert set(diagnostics) == {"flow_encoder", "flow_encoder_random", "motion_histogram"}
+    for block in diagnostics.values():
+        assert set(block) == {"R@1", "R@5", "R@10", "R@20", "R@50", "knn_top1"} and 0 <= block["R@1"] <= block["R@5"] <= 100
+    # The non-learned descriptor on the demo's exact motion classes: well above chance (1 in 6).
+    assert diagnostics["motion_histogram"]["R@1"] > 50
     for name in ("mscl", "rgb_only", "random"):
         assert set(metrics[name]) == {"R@1", "R@5", "R@10", "R@20", "R@50", "knn_top1", "clip"}
         assert metrics[name]["R@1"] <= metrics[name]["R@5"] <= metrics[name]["R@50"] == 100.0

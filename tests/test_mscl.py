@@ -1,6 +1,8 @@
 """Encoders, the exported backbone, the MoCo machinery (queues, momentum, shuffled BN) and the
 ablation switches of the MSCL model."""
 
+import math
+
 import pytest
 import torch
 from torchvision.models.video import r3d_18
@@ -263,3 +265,15 @@ def test_view_one_queries_view_two_only_unless_symmetric(monkeypatch):
         monkeypatch.setattr(model, "_keys", lambda *a, k=keys: (calls.__setitem__("key", calls["key"] + 1), k(*a))[1])
         model({"rgb": clip_batch()["rgb"]}, 0.99)
         assert (calls["query"], calls["key"]) == expected
+
+
+def test_chance_losses_are_a_uniform_softmax_over_each_losss_candidates():
+    log17, log8 = math.log(17), math.log(8)  # queue of 16 and the positive; 4 steps and 4 rotated ones
+    assert MSCL(TINY).chance_losses(8) == pytest.approx({"rgb": log17, "flow": log17, "flow_rot": log17, "cross": 2 * log17,
+                                                         "cross_rot": 2 * log17, "lmcl": log8}, abs=1e-5)  # fmt: skip
+    no_fra = MSCL(TINY.model_copy(update={"fra": False, "weights": LossWeights(rgb=0, lmcl=0.5)})).chance_losses(7)
+    assert no_fra == pytest.approx({"rgb": 0.0, "flow": log17, "cross": 2 * log17, "lmcl": 0.5 * math.log(4)}, abs=1e-5)
+    assert MSCL(TINY, "rgb_only").chance_losses(8) == pytest.approx({"rgb": log17}, abs=1e-5)
+    # What InfoNCE gives when the query is alike to its key and to every negative:
+    query = torch.nn.functional.normalize(torch.ones(1, 4), dim=1)
+    assert float(mscl_module.info_nce(query, query, query.expand(16, 4), 0.2)) == pytest.approx(log17, abs=1e-5)
