@@ -36,6 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.tables import table_metadata  # noqa: E402
 from schemas.params import Params, validate  # noqa: E402
 from stages import decode as decode_stage  # noqa: E402
 from stages import evaluate as evaluate_stage  # noqa: E402
@@ -92,10 +93,16 @@ def variant_data(raw: dict[str, Any], root: Path) -> dict[str, Any]:
     return raw
 
 
-def build_variant(params: Params) -> None:
-    """The variant's videos, frames, flow and clip index, through the stages (each skips finished work)."""
+def build_variant(params: Params, root: Path) -> None:
+    """The variant's videos, frames, flow and clip index, through the stages (each skips finished
+    work); a stamp of the params they read lets a later run skip the stages altogether."""
     d = params.data
-    if not Path(d.labels).is_file():
+    stamp = root / "built.json"
+    wanted = {section: getattr(params, section).model_dump(mode="json") for section in ("make_demo", "probe", "decode", "flow", "sample")}
+    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+        return
+    stamp.unlink(missing_ok=True)
+    if not Path(d.labels).is_file() or table_metadata(d.labels).get("params") != wanted["make_demo"]:
         print(make_demo_stage.run(params.make_demo, d.demo).text(), file=sys.stderr)
     for summary in (
         lambda: probe_stage.run(params.probe, d.videos, d.manifest),
@@ -104,6 +111,7 @@ def build_variant(params: Params) -> None:
         lambda: sample_stage.run(params.sample, d.flow, d.store, d.sample),
     ):
         print(summary().text(), file=sys.stderr)
+    stamp.write_text(json.dumps(wanted))
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -243,7 +251,7 @@ def main() -> None:
         print(f"warning: {params.make_demo.flip_exchanged()} are exchanged by a horizontal flip, and dataset.flip is "
               f"{params.dataset.flip}: set dataset.flip: 0 to tell them apart", file=sys.stderr)  # fmt: skip
     if args.variant:
-        build_variant(params)
+        build_variant(params, args.out / name / "data")
     root = args.out / name
     done = {seed: run_seed(seeded(params, seed), root) for seed in args.seeds}
     per_seed = {seed: metrics for seed, (metrics, _) in done.items()}
