@@ -25,7 +25,7 @@ def _keys(tree: dict) -> set[str]:
 # The schema's defaults are the paper's; params.yaml sizes the demo for 2 CPU cores. These keys, and
 # only these, differ (the README lists them with the paper's values).
 DEMO_SIZED = {"flow.method", "dataset.crop_size", "dataset.cache_mb", "dataset.color_jitter_p", "dataset.grayscale_p",
-              "dataset.blur_p", "train.weights.rgb", "train.head_bn", "train.symmetric", "train.encoder", "train.flow_width_ratio", "train.flow_blocks", "train.local_dim",
+              "dataset.blur_p", "dataset.crop_scale", "dataset.flow_camera", "train.head_bn", "train.encoder", "train.flow_width_ratio", "train.flow_blocks", "train.local_dim",
               "train.queue_size", "train.temperature", "train.key_momentum", "train.batch_size", "train.epochs",
               "train.lr", "train.warmup_epochs", "train.checkpoint_every", "train.num_workers"}
 
