@@ -42,16 +42,6 @@ class ViewGeometry:
     flipped: bool
 
 
-def resized_crop(rgb: torch.Tensor, flow: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]):
-    """Crop `box` (top, left, height, width) out of RGB and flow and resize it to `size` (h, w).
-
-    The flow is resampled bilinearly like the RGB, and its vectors scaled by the resize factors:
-    out_w / width for u, out_h / height for v.
-    """
-    rgb = F.resized_crop(rgb, *box, list(size), antialias=True)
-    return rgb, resized_crop_flow(flow, box, size)
-
-
 def resized_crop_flow(flow: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
     """Flow (T, 2, H, W) cropped to `box` and resized to `size`, its vectors scaled by the resize
     factors: out_w / width for u, out_h / height for v."""

@@ -156,12 +156,12 @@ class MSCL(nn.Module):
         keys = {"rgb": rgb_k[1]}
         if self.use_flow:
             flow_queue = self.flow_queue.clone()
-            flow_q, flow_local, flow_k = encode(self.flow, self.flow_key, self.flow_view(batch["flow"]))
+            flow_q, flow_local, flow_k = encode(self.flow, self.flow_key, flow_encoder_input(batch["flow"], self.flow_input))
             parts["flow"] = self._pairs(flow_q, flow_k, flow_queue, t)
             keys["flow"] = flow_k[1]
             rot_local = dict.fromkeys(query_views)
             if self.use_fra:
-                rot_q, rot_local, rot_k = encode(self.flow, self.flow_key, self.flow_view(batch["flow_rot"]))
+                rot_q, rot_local, rot_k = encode(self.flow, self.flow_key, flow_encoder_input(batch["flow_rot"], self.flow_input))
                 parts["flow_rot"] = self._pairs(rot_q, rot_k, flow_queue, t)
             if self.use_cross:  # both directions, each at weight 1 (the authors' sum)
                 parts["cross"] = self._pairs(rgb_q, flow_k, flow_queue, t) + self._pairs(flow_q, rgb_k, rgb_queue, t)
@@ -207,9 +207,6 @@ class MSCL(nn.Module):
                 chance["lmcl"] = math.log(math.ceil(clip_len / 2) * (2 if self.use_fra else 1))
         weights = p.weights.model_dump() if self.use_flow else {"rgb": 1.0}
         return {name: round(weights[name] * value, 5) for name, value in chance.items()}
-
-    def flow_view(self, flow: torch.Tensor) -> torch.Tensor:
-        return flow_encoder_input(flow, self.flow_input)
 
     def _query(self, encoder: Encoder, x: torch.Tensor, local: bool):
         """Query embeddings (and local features), batch norm seeing `bn_splits` parts in turn."""

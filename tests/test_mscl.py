@@ -9,7 +9,7 @@ from torchvision.models.video import r3d_18
 
 import pipeline.mscl as mscl_module
 from pipeline.models import CompactR3D, Encoder, flow_backbone
-from pipeline.mscl import MSCL, key_momentum
+from pipeline.mscl import MSCL, flow_encoder_input, key_momentum
 from schemas.params import LossWeights, TrainParams
 
 TINY = TrainParams(encoder="compact", width=8, queue_size=16, batch_size=4, flow_width_ratio=0.5, flow_blocks=(1, 1, 1, 1), local_dim=16)
@@ -231,13 +231,13 @@ def test_the_authors_flow_input_is_the_colour_wheel_through_a_frame_stem():
     stem = model.flow.backbone.stem[0]
     assert stem.in_channels == 3 and stem.kernel_size == (1, 7, 7) and stem.stride == (2, 2, 2)
     flow = clip_batch()["flow"]
-    colour = model.flow_view(flow)
+    colour = flow_encoder_input(flow, "colour")
     assert colour.shape == (4, 2, 3, 8, 32, 32) and 0 <= colour.min() and colour.max() <= 1
     moved = flow.clone()
     moved[:, :, :, 1::2] = torch.randn_like(moved[:, :, :, 1::2])  # the odd flow frames
     with torch.no_grad():
-        a = model.flow(model.flow_view(flow)[:, 0])[0]
-        b = model.flow(model.flow_view(moved)[:, 0])[0]
+        a = model.flow(flow_encoder_input(flow, "colour")[:, 0])[0]
+        b = model.flow(flow_encoder_input(moved, "colour")[:, 0])[0]
     assert torch.allclose(a, b)  # the (1,7,7) stem of time stride 2 reads frames 0, 2, 4, 6 only
 
 
