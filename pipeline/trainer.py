@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,9 +178,9 @@ def train(
             set_random_state(model, device, state["rng"][dist.rank])
             step, log = state["step"], state["log"]
             if dist.main:
-                print(f"resuming {out} at step {step} of {total_steps}")
+                print(f"resuming {out} at step {step} of {total_steps}", file=sys.stderr)
         elif dist.main:
-            print(f"{checkpoint_path}: saved with other params, starting afresh")
+            print(f"{checkpoint_path}: saved with other params, starting afresh", file=sys.stderr)
     if step == 0:  # a fresh run: each rank its own stream for the key shuffles (a resumed one restored its own)
         torch.manual_seed(p.seed + 1000 * dist.rank)
         model.shuffle_generator.manual_seed(p.seed + 1000 * dist.rank)

@@ -61,7 +61,7 @@ def test_training_lowers_the_loss_and_writes_its_outputs(index, fixture_flowed, 
     assert saved["config"]["method"] == "mscl" and "rgb_queue" in saved["state_dict"]
 
 
-def test_a_killed_run_resumes_into_the_same_steps(index, fixture_flowed, tmp_path):
+def test_a_killed_run_resumes_into_the_same_steps(index, fixture_flowed, tmp_path, capsys):
     full = tmp_path / "full"
     run(index, fixture_flowed, full)
     killed = tmp_path / "killed"
@@ -70,7 +70,10 @@ def test_a_killed_run_resumes_into_the_same_steps(index, fixture_flowed, tmp_pat
     state = torch.load(killed / CHECKPOINT, weights_only=True)
     assert state["step"] == 5 and state["dataset"][0]["position"] == 20
     assert set(state["rng"][0]) == {"torch", "shuffle"}  # on CUDA also "cuda": every generator a step draws from
+    capsys.readouterr()
     run(index, fixture_flowed, killed)
+    said = capsys.readouterr()
+    assert "resuming" in said.err and said.out == ""  # stdout stays clean for JSON (bench/quality.py)
     a, b = losses(full), losses(killed)
     assert [row["step"] for row in a] == [row["step"] for row in b]
     for x, y in zip(a, b, strict=True):
