@@ -41,6 +41,7 @@ import zarr
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from pipeline.augment import FRA_ANGLES, ViewAugment, rotate_vectors
+from pipeline.store import StoredArray
 from schemas import store as layout
 from schemas.batch import SAMPLE, VIEWS
 from schemas.params import DatasetParams
@@ -336,14 +337,14 @@ class MSCLClips(IterableDataset):
             self._cache_bytes -= dropped.nbytes
         return whole[span]
 
-    def _array(self, group: str, video_id: str) -> zarr.Array:
+    def _array(self, group: str, video_id: str) -> StoredArray:
         key = (group, video_id)
         if key in self._arrays:
             self._arrays.move_to_end(key)
             return self._arrays[key]
         url = f"{self.store}/{group}/{video_id}"
         try:
-            array = zarr.open_array(store=url, mode="r", zarr_format=3)
+            array = StoredArray(zarr.open_array(store=url, mode="r", zarr_format=3), group, video_id)
         except FileNotFoundError:
             stage = "decode" if group == layout.FRAMES_GROUP else "flow (python cli.py extract-flow)"
             raise FileNotFoundError(f"{url}: no such array for video {video_id!r}; run the {stage} stage") from None

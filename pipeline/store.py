@@ -1,12 +1,18 @@
-"""The Zarr v3 store: writing one video's array atomically, and finding what is already there.
+"""The Zarr v3 store: writing one video's array atomically, finding what is already there, and
+reading it back loudly.
 
-An array is built under `<store>/.partial/` and renamed into its group only when complete, so a
-killed run leaves either the old finished array, or none, never a partial one that looks finished.
-Layout and codecs are declared in schemas/store.py.
+An array is built under `<store>.partial/` (beside the store, so the store itself holds only
+finished arrays) and renamed into its group only when complete, so a killed run leaves either the
+old finished array, or none, never a partial one that looks finished. Layout is declared in
+schemas/store.py, codecs in pipeline/codecs.py. Arrays opened here raise `CorruptChunkError`, which
+names the video, the array and the chunk, for a chunk that does not decode or a shard file that is
+gone, where zarr would return the fill value for the latter; they give fixed-point flow as float16
+pixels, as every reader expects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,8 +22,9 @@ from typing import Any, Iterable
 
 import numpy as np
 import zarr
-import zarr.codecs
+from zarr.core.sync import sync
 
+from pipeline import codecs
 from schemas import store as layout
 
 
@@ -63,9 +70,21 @@ def remove_array(store: str | Path, group: str, name: str) -> None:
     shutil.rmtree(group_path(store, group) / name, ignore_errors=True)
 
 
+def partial_root(store: str | Path) -> Path:
+    """Where arrays are built: `<store>.partial`, a sibling of the store on the same file system."""
+    store = Path(store)
+    return store.with_name(store.name + layout.PARTIAL_SUFFIX)
+
+
 def clear_partial(store: str | Path, group: str) -> None:
-    """Remove leftovers of killed runs (never finished arrays)."""
-    shutil.rmtree(Path(store) / layout.PARTIAL_DIR / group, ignore_errors=True)
+    """Remove leftovers of killed runs (never finished arrays), also from inside stores written
+    before work in progress moved beside the store."""
+    shutil.rmtree(partial_root(store) / group, ignore_errors=True)
+    legacy = Path(store) / layout.LEGACY_PARTIAL_DIR
+    shutil.rmtree(legacy / group, ignore_errors=True)
+    for folder in [*Path(group).parents[:-1], Path(".")]:  # its parents if empty, deepest first
+        with contextlib.suppress(OSError):
+            (legacy / folder).rmdir()
 
 
 def prepare_group(store: str | Path, group: str, wanted: set[str]) -> int:
@@ -81,18 +100,18 @@ def prepare_group(store: str | Path, group: str, wanted: set[str]) -> int:
 
 def create_partial(
     store: str | Path, group: str, name: str, *, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
-    shards: tuple[int, ...], axes: tuple[str, ...],
+    shards: tuple[int, ...], axes: tuple[str, ...], codec_chain: dict[str, Any] | None = None,
 ) -> Path:  # fmt: skip
-    """Create an empty array under `.partial/` to be filled (possibly by several processes, each
-    writing whole shards) and then published with `publish`. Returns its path."""
+    """Create an empty array under `<store>.partial/` to be filled (possibly by several processes,
+    each writing whole shards) and then published with `publish`. `codec_chain`: zarr.create_array's
+    codec keywords (pipeline/codecs.py; default lossless zstd). Returns its path."""
     ensure_group(store, group)
-    partial_root = Path(store) / layout.PARTIAL_DIR / group
-    partial_root.mkdir(parents=True, exist_ok=True)
-    path = partial_root / f"{name}.{uuid.uuid4().hex}"
+    folder = partial_root(store) / group
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.{uuid.uuid4().hex}"
     zarr.create_array(
         store=str(path), shape=shape, dtype=dtype, chunks=chunks, shards=shards,
-        compressors=zarr.codecs.ZstdCodec(level=layout.ZSTD_LEVEL), fill_value=0, dimension_names=axes,
-        zarr_format=3,
+        **(codec_chain or codecs.lossless()), fill_value=0, dimension_names=axes, zarr_format=3,
         # Our arrays are never all fill value; skipping zarr's check for "empty" chunks halves the
         # write cost (bench/decode.py), and every chunk is then stored, which is what we want.
         config={"write_empty_chunks": True},
@@ -114,6 +133,24 @@ def publish(store: str | Path, group: str, name: str, partial: str | Path, attrs
     os.rename(partial, final)
 
 
+def recode_flow(store: str | Path, group: str, name: str, precision: float, attrs: dict[str, Any]) -> None:
+    """Rewrite a finished float16 flow array as fixed point at `precision`, shard by shard,
+    atomically; `attrs` replace its attributes. The same bytes as writing it so at once."""
+    source = open_finished(store, group, name, "flow")
+    shards = source.shards or source.chunks
+    tmp = create_partial(store, group, name, shape=source.shape, dtype=layout.FLOW_FIXED_DTYPE, chunks=source.chunks,
+                         shards=shards, axes=layout.FLOW_AXES, codec_chain=codecs.flow_codecs(precision))  # fmt: skip
+    try:
+        target = open_partial(tmp)
+        for start in range(0, source.shape[0], shards[0]):
+            block = source[start : start + shards[0]]
+            target[start : start + len(block)] = codecs.to_fixed(block, precision)
+        kept = {key: value for key, value in attrs.items() if key != "num_frames"}
+        publish(store, group, name, tmp, {**kept, **layout.fixed_point_attrs(precision)})
+    finally:
+        discard_partial(tmp)
+
+
 def discard_partial(partial: str | Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
 
@@ -128,17 +165,21 @@ def write_frames(
     chunk_frames: int,
     shard_frames: int,
     attrs: dict[str, Any],
+    codec: str = "zstd",
+    quality: int = 95,
 ) -> int:
     """Write blocks of (n, H, W, 3) uint8 frames as `frames/<name>`, atomically; returns the count.
 
     Blocks of any length are regrouped into whole shards so that each shard file is written once.
-    `attrs` are stored with the array, plus `num_frames`, once the last frame is written.
+    `attrs` are stored with the array, plus `num_frames`, once the last frame is written. `codec`:
+    zstd (lossless) or an image format at `quality` (one frame per chunk).
     """
     group = layout.FRAMES_GROUP
     tmp = create_partial(
         store, group, name, shape=(0, height, width, 3), dtype=layout.FRAMES_DTYPE,
-        chunks=layout.frames_chunks(height, width, chunk_frames), shards=layout.frames_shards(height, width, shard_frames),
-        axes=layout.FRAMES_AXES,
+        chunks=layout.frames_chunks(height, width, chunk_frames, codec),
+        shards=layout.frames_shards(height, width, shard_frames), axes=layout.FRAMES_AXES,
+        codec_chain=codecs.frames_codecs(codec, quality),
     )  # fmt: skip
     try:
         array = open_partial(tmp)
@@ -170,18 +211,92 @@ def _regroup(blocks: Iterable[np.ndarray], size: int, frame_shape: tuple[int, ..
         yield np.concatenate(pending)
 
 
-def open_frames(store: str | Path, name: str) -> zarr.Array:
-    """A finished frames array, read-only."""
+def open_frames(store: str | Path, name: str) -> StoredArray:
+    """A finished frames array, read-only: (T, H, W, 3) uint8."""
     return open_finished(store, layout.FRAMES_GROUP, name, "decode")
 
 
-def open_flow(store: str | Path, method: str, name: str) -> zarr.Array:
-    """A finished flow array, read-only."""
+def open_flow(store: str | Path, method: str, name: str) -> StoredArray:
+    """A finished flow array, read-only: (T-1, H, W, 2) float16 pixels, however it is stored."""
     return open_finished(store, layout.flow_group(method), name, "flow")
 
 
-def open_finished(store: str | Path, group: str, name: str, stage: str) -> zarr.Array:
+def open_finished(store: str | Path, group: str, name: str, stage: str) -> StoredArray:
     path = group_path(store, group) / name
     if not (path / "zarr.json").is_file():
         raise FileNotFoundError(f"no {group} array for video {name!r} in {store}; run the {stage} stage")
-    return zarr.open_array(store=str(path), mode="r", zarr_format=3)
+    return StoredArray(zarr.open_array(store=str(path), mode="r", zarr_format=3), group, name)
+
+
+class CorruptChunkError(ValueError):
+    """Stored data that does not read back; the message names the video, the array and the chunk."""
+
+
+class StoredArray:
+    """A finished zarr array of one video whose reads fail loudly.
+
+    zarr reads a missing shard file as the fill value, and a lossy image decoder can turn damaged
+    bytes into plausible pixels; every chunk carries a CRC32C (pipeline/codecs.py), and on opening
+    every shard file is checked to be there. A read that fails raises `CorruptChunkError` naming the
+    video, the array (`group`), the chunk and the frames it holds. Everything else (shape, dtype,
+    attrs, ...) is the zarr array's.
+    """
+
+    def __init__(self, array: zarr.Array, group: str, video_id: str) -> None:
+        self.array, self.group, self.video_id = array, group, video_id
+        # Fixed-point flow: int16 multiples of `scale_factor` px (CF's name, which xarray applies too).
+        self.scale: float | None = array.attrs.get("scale_factor")
+        self._check_shards()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.array, name)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """What reads return: float16 for flow however it is stored."""
+        return np.dtype(layout.FLOW_DTYPE) if self.scale is not None else self.array.dtype
+
+    def __len__(self) -> int:
+        return self.array.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self[:], dtype=dtype)
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        try:
+            data = self.array[selection]
+        except Exception as exc:  # any codec error: locate it, then say where
+            raise self._locate(selection, exc) from exc
+        return data if self.scale is None else codecs.from_fixed(data, self.scale)
+
+    def _where(self, frames: tuple[int, int]) -> str:
+        span = f"frame {frames[0]}" if frames[1] - frames[0] == 1 else f"frames {frames[0]}-{frames[1] - 1}"
+        return f"video {self.video_id!r}, array {self.group}/{self.video_id}, {span}"
+
+    def _check_shards(self) -> None:
+        per_shard = (self.array.shards or self.array.chunks)[0]
+        length = self.array.shape[0]
+        for index in range(-(-length // per_shard)):
+            key = self.array.metadata.encode_chunk_key((index,) + (0,) * (self.array.ndim - 1))
+            if not sync(self.array.store.exists(f"{self.array.path}/{key}" if self.array.path else key)):
+                frames = (index * per_shard, min((index + 1) * per_shard, length))
+                raise CorruptChunkError(f"{self._where(frames)}: shard file {key} is missing; re-run the stage that wrote it")
+
+    def _locate(self, selection: Any, cause: Exception) -> CorruptChunkError:
+        """Read the selection's chunks one by one to name the first that fails."""
+        first = selection[0] if isinstance(selection, tuple) and selection else selection
+        start, stop = 0, self.array.shape[0]
+        if isinstance(first, slice):
+            start, stop, _ = first.indices(stop)
+        elif isinstance(first, (int, np.integer)):
+            start = int(first) % stop
+            stop = start + 1
+        size = self.array.chunks[0]
+        for index in range(start // size, -(-stop // size)):
+            frames = (index * size, min((index + 1) * size, self.array.shape[0]))
+            try:
+                self.array[frames[0] : frames[1]]
+            except Exception as exc:
+                chunk = (index,) + (0,) * (self.array.ndim - 1)
+                return CorruptChunkError(f"{self._where(frames)}, chunk {chunk}: does not decode ({exc})")
+        return CorruptChunkError(f"video {self.video_id!r}, array {self.group}/{self.video_id}: read failed ({cause})")

@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.store import FRAME_CODECS
 
 class Section(BaseModel):
     """Base of every params section: strict keys, immutable once loaded."""
@@ -121,9 +122,13 @@ class DecodeParams(Section):
     fps: float | None = Field(None, gt=0, le=240, description="resample to this frame rate; null keeps the source")
     frame_stride: int = Field(1, ge=1, le=1000, description="keep every n-th decoded frame")
     max_frames: int | None = Field(None, ge=1, description="stop after this many stored frames")
-    chunk_frames: int = Field(8, ge=1, le=1024)
+    chunk_frames: int = Field(8, ge=1, le=1024, description="frames per chunk with zstd; an image codec stores one per chunk")
     shard_frames: int = Field(256, ge=1, le=65_536)
     timeout_s: float = Field(3600.0, gt=0)
+    codec: Literal[FRAME_CODECS] = Field(  # type: ignore[valid-type]
+        "zstd", description="zstd: lossless; jpeg, jpegxl, avif, webp: one still image per frame (bench/storage.py)"
+    )
+    quality: int = Field(95, ge=1, le=100, description="quality of a lossy codec, 1-100 (imagecodecs' level)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DecodeParams":
@@ -134,6 +139,15 @@ class DecodeParams(Section):
                 f"shard_frames ({self.shard_frames}) must be a multiple of chunk_frames ({self.chunk_frames})"
             )
         return self
+
+    def pixel_params(self) -> dict[str, Any]:
+        """The params the stored pixels depend on (a frames array's fingerprint): all of them, but
+        zstd is lossless, so with it the codec keys are left out, and stores written before they
+        existed keep their fingerprints."""
+        dumped = self.model_dump(mode="json")
+        if self.codec == "zstd":
+            del dumped["codec"], dumped["quality"]
+        return dumped
 
     def fps_fraction(self) -> Fraction | None:
         return None if self.fps is None else Fraction(self.fps).limit_denominator(1001)
@@ -203,6 +217,11 @@ class FlowParams(Section):
     chunk_frames: int = Field(8, ge=1, le=1024)
     shard_frames: int = Field(256, ge=1, le=65_536)
     moving_threshold: float = Field(0.5, ge=0, description="pixels/frame above which a pixel counts as moving")
+    precision: float | None = Field(
+        None, gt=0, le=1,
+        description="store flow as int16 multiples of this many pixels, e.g. 1/32 (error at most half of it); "
+        "null: float16. Readers get float16 pixels either way",
+    )  # fmt: skip
     tvl1: TVL1Params = TVL1Params()
     tvl1_fast: TVL1Params = TVL1Params(**TVL1_FAST)
     dis: DISParams = DISParams()
@@ -215,6 +234,17 @@ class FlowParams(Section):
     def _fast_preset_under_user_values(cls, value: object) -> object:
         # Keys a user leaves out of `tvl1_fast` come from the preset, not from OpenCV's defaults.
         return {**TVL1_FAST, **value} if isinstance(value, dict) else value
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _fraction(cls, value: object) -> object:
+        # "1/32" reads better in params.yaml than 0.03125; both are accepted.
+        if isinstance(value, str):
+            try:
+                return float(Fraction(value.strip()))
+            except (ValueError, ZeroDivisionError):
+                raise ValueError(f"precision {value!r}: expected pixels as a number or a fraction such as 1/32") from None
+        return value
 
     @model_validator(mode="after")
     def _aligned(self) -> "FlowParams":

@@ -1,8 +1,10 @@
 """Layout of the Zarr v3 store: which arrays exist, their dtype, shape, chunking and attributes.
 
     <store>/frames/<video_id>            (T, H, W, 3) uint8 RGB, the decode stage's output
-    <store>/flow/<method>/<video_id>     (T-1, H, W, 2) float16 pixels, flow[i]: frame i -> i+1 (u=x, v=y)
-    <store>/.partial/<group>/<video_id>.* arrays being written; renamed into place when complete
+    <store>/flow/<method>/<video_id>     (T-1, H, W, 2) float16 pixels, flow[i]: frame i -> i+1 (u=x, v=y);
+                                         or int16 multiples of its `scale_factor` attribute (flow.precision)
+    <store>.partial/<group>/<video_id>.* arrays being written, beside the store (which holds
+                                         finished arrays only); renamed into place when complete
 
 Each top-level group (`frames`, later `flow/<method>`) is one stage's DVC output and a Zarr group
 of its own, so a reader can open it without the store's root.
@@ -13,9 +15,13 @@ from __future__ import annotations
 STORE_VERSION = 1
 
 FRAMES_GROUP = "frames"
-PARTIAL_DIR = ".partial"  # in-progress writes live here and are never mistaken for finished arrays
+PARTIAL_SUFFIX = ".partial"  # in-progress writes live in <store>.partial, never mistaken for finished arrays
+LEGACY_PARTIAL_DIR = ".partial"  # where they lived before, inside the store: cleared when found
 
 FRAMES_DTYPE = "uint8"
+# decode.codec: "zstd" (lossless) or a still-image format, one frame per chunk (pipeline/codecs.py).
+IMAGE_FORMATS = ("jpeg", "jpegxl", "avif", "webp")
+FRAME_CODECS = ("zstd", *IMAGE_FORMATS)
 FRAMES_AXES = ("t", "y", "x", "c")  # RGB channels last
 ZSTD_LEVEL = 3
 
@@ -39,7 +45,14 @@ FRAMES_ATTRS = (
 
 
 FLOW_GROUP = "flow"  # one subgroup per method: flow/tvl1, flow/raft_small, ...
-FLOW_DTYPE = "float16"
+FLOW_DTYPE = "float16"  # what every reader gets, however it is stored
+FLOW_FIXED_DTYPE = "int16"  # flow.precision set: round(pixels / precision) stored as this
+FLOW_FIXED_MAX = 2**15 - 1  # flow is clipped to +- this many multiples of the precision (1024 px at 1/32)
+
+
+def fixed_point_attrs(precision: float) -> dict[str, float | str]:
+    """Attributes of a fixed-point flow array: its step in CF's terms (xarray applies it on open)."""
+    return {"scale_factor": precision, "units": "px"}
 FLOW_AXES = ("t", "y", "x", "uv")
 
 # Attributes every flow array carries.
@@ -52,6 +65,8 @@ FLOW_ATTRS = (
     "axes",
     "store_version",
     "stats",  # per-pair statistics {name: [value per pair]}, as in the flow stats table
+    "scale_factor",  # fixed point only (flow.precision): stored int16 * scale_factor = pixels
+    "units",  # fixed point only: "px"
     "num_frames",  # T-1 pairs, written last
 )
 
@@ -60,9 +75,10 @@ def flow_group(method: str) -> str:
     return f"{FLOW_GROUP}/{method}"
 
 
-def frames_chunks(height: int, width: int, chunk_frames: int) -> tuple[int, int, int, int]:
-    """Chunk = a few whole frames: a clip read touches few chunks and never a partial frame."""
-    return (chunk_frames, height, width, 3)
+def frames_chunks(height: int, width: int, chunk_frames: int, codec: str = "zstd") -> tuple[int, int, int, int]:
+    """Chunk = a few whole frames (one with an image codec: a chunk is one image): a clip read
+    touches few chunks and never a partial frame."""
+    return (1 if codec in IMAGE_FORMATS else chunk_frames, height, width, 3)
 
 
 def frames_shards(height: int, width: int, shard_frames: int) -> tuple[int, int, int, int]:

@@ -55,7 +55,7 @@ def plan_item(row: dict[str, Any], videos_root: Path, params: DecodeParams, stor
         params=params,
         store=store_path,
         # Only what changes the pixels: the source content and the params (not paths, not versions).
-        fingerprint=fingerprint(row["sha256"], params, layout.STORE_VERSION),
+        fingerprint=fingerprint(row["sha256"], params.pixel_params(), layout.STORE_VERSION),
         expected_frames=stored_frame_count(row["num_frames"], source_fps, spec),
     )
 
@@ -116,7 +116,7 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
         count = store.write_frames(
             item.store, row["video_id"], blocks,
             height=spec.height, width=spec.width, chunk_frames=item.params.chunk_frames,
-            shard_frames=item.params.shard_frames, attrs=attrs,
+            shard_frames=item.params.shard_frames, attrs=attrs, codec=item.params.codec, quality=item.params.quality,
         )  # fmt: skip
     except DecodeError as exc:
         # Name the file by its relative path: the table must not depend on where the videos live.

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from pipeline import store
+from pipeline import codecs, store
 from pipeline.flow import DIS, RAFT, TVL1, DISConfig, Farneback, FarnebackConfig, FlowError, FlowEstimator, RAFTConfig, TVL1Config
 from pipeline.flowstats import STAT_NAMES, flow_stats
 from pipeline.parallel import map_progress
@@ -84,7 +85,10 @@ class FlowTask:
 def flow_task(task: FlowTask) -> dict[str, Any]:
     """Flow for pairs [start, stop) of one video, written into its partial array; returns the stats.
     Frames the estimator cannot use give {"error": message} instead of raising."""
-    frames = store.open_frames(task.store, task.video_id)[task.start : task.stop + 1]
+    try:
+        frames = store.open_frames(task.store, task.video_id)[task.start : task.stop + 1]
+    except store.CorruptChunkError as exc:
+        return {"task": task, "error": str(exc)}
     flat = int((np.ptp(frames.reshape(len(frames), -1), axis=1) == 0).sum())
     try:
         flow = _estimator(task.params).estimate(np.asarray(frames))
@@ -92,7 +96,9 @@ def flow_task(task: FlowTask) -> dict[str, Any]:
         return {"task": task, "error": str(exc)}
     if not np.isfinite(flow).all():
         return {"task": task, "error": "the estimator returned NaN or infinite flow"}
-    store.open_partial(task.partial)[task.start : task.stop] = flow.astype(layout.FLOW_DTYPE)
+    precision = task.params.precision
+    stored = flow.astype(layout.FLOW_DTYPE) if precision is None else codecs.to_fixed(flow, precision)
+    store.open_partial(task.partial)[task.start : task.stop] = stored
     stats = flow_stats(flow, task.params.moving_threshold)
     return {"task": task, "flat_frames": flat, "stats": {name: values.tolist() for name, values in stats.items()}}
 
@@ -131,7 +137,7 @@ def run(
     videos = read_table(Path(decoded) / "decoded.parquet", DECODED).to_pylist()
     if stale := store.prepare_group(store_path, group, {row["video_id"] for row in videos}):
         summary.add("stale arrays removed", stale)
-    done_rows, stats_rows, failures, tasks = [], [], [], []
+    done_rows, stats_rows, failures, tasks, recode = [], [], [], [], []
     pending: dict[str, _Video] = {}
 
     def fail(video_id: str, relpath: str, reason: str, detail: str) -> None:
@@ -155,9 +161,24 @@ def run(
             stats_rows.extend(_stats_rows(row["video_id"], existing["stats"]))
             summary.add("skipped")
             continue
+        if existing and params.precision is not None and existing.get("fingerprint") == flow_fingerprint(
+            frames_attrs["fingerprint"], params.model_copy(update={"precision": None})
+        ):  # the same flow, stored as float16: re-encode it rather than compute it again
+            recode.append((row, done, existing))
+            continue
         video_tasks = _plan(row, params, store_path, group)
         pending[row["video_id"]] = _Video(row, done, Path(video_tasks[0].partial), frames_attrs["fingerprint"], len(video_tasks))
         tasks += video_tasks
+
+    for row, done, existing in tqdm(recode, desc="extract-flow: re-encode", unit="video", disable=not recode):
+        try:
+            store.recode_flow(store_path, group, row["video_id"], params.precision, {**existing, "fingerprint": done["fingerprint"]})
+        except store.CorruptChunkError as exc:
+            fail(row["video_id"], row["relpath"], "bad_flow", str(exc))
+            continue
+        done_rows.append(done)
+        stats_rows.extend(_stats_rows(row["video_id"], existing["stats"]))
+        summary.add("re-encoded")
 
     # Built here first so that a problem (missing RAFT weights) stops the run before any work.
     estimator_info = make_estimator(params).describe() if tasks else None
@@ -183,6 +204,7 @@ def run(
             "video_id": task.video_id, "method": params.method, "estimator": estimator_info,
             "frames_fingerprint": video.frames_fingerprint, "fingerprint": video.done["fingerprint"],
             "axes": list(layout.FLOW_AXES), "store_version": layout.STORE_VERSION, "stats": stats,
+            **(layout.fixed_point_attrs(params.precision) if params.precision is not None else {}),
         })  # fmt: skip
         stats_rows.extend(_stats_rows(task.video_id, stats))
         done_rows.append(video.done)
@@ -202,15 +224,19 @@ def flow_fingerprint(frames_fingerprint: str, params: FlowParams) -> str:
     """What the flow array and its stats depend on: the frames, the method and its params, the task
     size (a warm-started method starts cold at each task's first pair), the layout, the stats' threshold."""
     layout_params = (params.pairs_per_task, params.chunk_frames, params.shard_frames, params.moving_threshold)
+    if params.precision is not None:  # left out when unset, so arrays written before it keep theirs
+        layout_params += (params.precision,)
     return fingerprint(frames_fingerprint, params.method, method_params(params), layout_params, layout.STORE_VERSION)
 
 
 def _plan(row: dict[str, Any], params: FlowParams, store_path: str, group: str) -> list[FlowTask]:
     """Create the video's partial array and cut its pairs into tasks that each write whole shards."""
     pairs, height, width = row["num_frames"] - 1, row["height"], row["width"]
+    dtype = layout.FLOW_DTYPE if params.precision is None else layout.FLOW_FIXED_DTYPE
     partial = store.create_partial(
-        store_path, group, row["video_id"], shape=(pairs, height, width, 2), dtype=layout.FLOW_DTYPE,
+        store_path, group, row["video_id"], shape=(pairs, height, width, 2), dtype=dtype,
         chunks=(params.chunk_frames, height, width, 2), shards=(params.shard_frames, height, width, 2), axes=layout.FLOW_AXES,
+        codec_chain=codecs.flow_codecs(params.precision),
     )  # fmt: skip
     return [
         FlowTask(row["video_id"], row["relpath"], store_path, str(partial), start, min(start + params.pairs_per_task, pairs), params)

@@ -51,13 +51,16 @@ def score_video(task: ScoreTask) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)  # parallelism is across workers
-    flow = store.open_flow(task.store, task.method, task.video_id)
+    try:
+        flow = store.open_flow(task.store, task.method, task.video_id)
+    except store.CorruptChunkError as exc:
+        return {"video_id": task.video_id, "error": str(exc)}
     n = flow.shape[0]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in SCORE_COLUMNS}
     for start in range(0, n, BLOCK_FRAMES):
         stop = min(start + BLOCK_FRAMES, n)
-        block = np.asarray(flow[start : min(stop + 1, n)], np.float32)
         try:
+            block = np.asarray(flow[start : min(stop + 1, n)], np.float32)
             scores = frame_scores(block, block=task.block, noise_floor=task.noise_floor, convention=task.convention)
         except ValueError as exc:
             return {"video_id": task.video_id, "error": f"{exc} in flow frames {start}-{stop - 1}"}

@@ -143,7 +143,8 @@ def test_killed_run_resumes_without_partial_arrays(fixture_dir, tmp_path):
                                tmp_path / "decode", scheduler="sync")  # fmt: skip
     assert summary.counts["skipped"] == len(finished) and summary.counts["decoded"] == 40 - len(finished)
     assert {name: (frames / name / "zarr.json").stat().st_mtime_ns for name in finished} == before
-    assert not any((tmp_path / "store.zarr" / ".partial" / "frames").iterdir())
+    assert not any((tmp_path / "store.zarr.partial" / "frames").iterdir())
+    assert not (tmp_path / "store.zarr" / ".partial").exists()
     # The resumed store equals an uninterrupted run's.
     clean = tmp_path / "clean"
     decode_stage.run(load_params(params).decode, tmp_path / "manifest", videos, clean / "store.zarr", clean / "decode", scheduler="sync")

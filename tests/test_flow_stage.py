@@ -156,7 +156,7 @@ def test_an_aborted_run_leaves_no_partial_array_and_resumes(decoded, tmp_path, m
     monkeypatch.setattr(flow_stage, "flow_task", real_task)
     summary = flow_stage.run(FlowParams(method="dis"), decoded / "decode", tmp_path / "store.zarr", tmp_path / "flow", scheduler="sync")
     assert (summary.counts["skipped"], summary.counts["computed"]) == (2, 3)  # only the missing work
-    assert not any((tmp_path / "store.zarr" / ".partial" / "flow" / "dis").iterdir())
+    assert not any((tmp_path / "store.zarr.partial" / "flow" / "dis").iterdir())
     resumed_stats = read_table(tmp_path / "flow" / "stats.parquet").to_pylist()
     again = flow_stage.run(FlowParams(method="dis"), decoded / "decode", tmp_path / "store.zarr", tmp_path / "flow", scheduler="sync")
     assert again.counts["skipped"] == 5

@@ -36,7 +36,8 @@ def test_a_failure_mid_write_leaves_no_array_and_keeps_the_old_one(tmp_path):
         store.write_frames(tmp_path, "w", blocks(40, 5, fail_after=20), height=6, width=5, chunk_frames=5, shard_frames=5, attrs={})
     assert store.finished_arrays(tmp_path, layout.FRAMES_GROUP) == ["v"]
     assert store.array_attrs(tmp_path, layout.FRAMES_GROUP, "v") == {"old": True, "num_frames": 10}
-    assert not any((tmp_path / layout.PARTIAL_DIR / "frames").iterdir())
+    assert not any((store.partial_root(tmp_path) / "frames").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "zarr.json"]  # work in progress stays outside
 
 
 def test_wrong_frame_shape_is_rejected(tmp_path):

@@ -1,0 +1,145 @@
+"""Zarr v3 codecs for the store: still-image codecs for frames (JPEG, JPEG XL, AVIF, WebP from
+imagecodecs), and the codec chains of frames and flow arrays.
+
+`ImageCodec` is an ordinary zarr v3 array->bytes codec: a chunk of one (1, H, W, 3) uint8 frame
+becomes one image file's bytes, and the sharding codec packs many such chunks into one file. It is
+registered with zarr under the name `mscl.image`, both here (importing this module) and as a
+`zarr.codecs` entry point of this package, so any zarr reader in an environment where the package
+is installed opens the store without importing anything of ours.
+
+Every chunk ends in a CRC32C checksum, so a flipped or truncated byte is an error on read, never
+silently wrong pixels (a JPEG decoder happily decodes many corrupt streams).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.core.common import JSON, parse_named_configuration
+from zarr.registry import register_codec
+
+from schemas import store as layout
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import Buffer, NDBuffer
+
+CODEC_NAME = "mscl.image"
+
+
+def _imagecodecs():
+    import imagecodecs  # imported on first use: only image-coded stores need it
+
+    return imagecodecs
+
+
+@dataclass(frozen=True)
+class ImageCodec(ArrayBytesCodec):
+    """One frame per chunk, as one still image (`format`: jpeg, jpegxl, avif or webp).
+
+    `level` is the format's quality setting as imagecodecs takes it (JPEG and WebP: 0-100; JPEG XL
+    and AVIF: 0-100 as well, higher is better). Lossy: a decoded frame is close to, not equal to,
+    what was written (bench/storage.py measures how close).
+    """
+
+    is_fixed_size = False
+
+    format: str
+    level: int
+
+    def __init__(self, *, format: str = "jpeg", level: int = 95) -> None:  # noqa: A002 (the config key)
+        if format not in layout.IMAGE_FORMATS:
+            raise ValueError(f"image codec format {format!r}: expected one of {', '.join(layout.IMAGE_FORMATS)}")
+        if not 0 <= int(level) <= 100:
+            raise ValueError(f"image codec level {level}: expected 0-100")
+        object.__setattr__(self, "format", format)
+        object.__setattr__(self, "level", int(level))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, JSON]) -> Self:
+        _, config = parse_named_configuration(data, CODEC_NAME)
+        return cls(**config)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, JSON]:
+        return {"name": CODEC_NAME, "configuration": {"format": self.format, "level": self.level}}
+
+    def validate(self, *, shape: tuple[int, ...], dtype: Any, chunk_grid: Any) -> None:
+        chunk = tuple(getattr(chunk_grid, "chunk_shape", ()))
+        if np.dtype(dtype.to_native_dtype()) != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(f"{CODEC_NAME} stores (T, H, W, 3) uint8 frames, not {dtype} of shape {shape}")
+        if chunk and chunk[0] != 1:
+            raise ValueError(f"{CODEC_NAME} stores one frame per chunk; chunks of {chunk[0]} frames were asked for")
+
+    def _encode_image(self, frame: np.ndarray) -> bytes:
+        codecs = _imagecodecs()
+        if self.format == "jpeg":
+            return codecs.jpeg8_encode(frame, level=self.level)
+        # One thread each: parallelism is across videos, and the bytes do not depend on scheduling.
+        if self.format == "jpegxl":
+            return codecs.jpegxl_encode(frame, level=self.level, lossless=False, numthreads=1)
+        if self.format == "avif":
+            return codecs.avif_encode(frame, level=self.level, numthreads=1)
+        return codecs.webp_encode(frame, level=self.level, lossless=False, numthreads=1)
+
+    def _decode_image(self, data: bytes) -> np.ndarray:
+        codecs = _imagecodecs()
+        decode = {"jpeg": codecs.jpeg8_decode, "jpegxl": codecs.jpegxl_decode, "avif": codecs.avif_decode,
+                  "webp": codecs.webp_decode}[self.format]  # fmt: skip
+        return decode(data)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        image = self._decode_image(chunk_bytes.to_bytes())
+        expected = tuple(chunk_spec.shape[1:])
+        if image.shape != expected:
+            raise ValueError(f"{self.format} chunk decodes to shape {image.shape}, expected {expected}")
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(image.reshape(chunk_spec.shape))
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        frame = np.ascontiguousarray(chunk_array.as_numpy_array().reshape(chunk_spec.shape[1:]))
+        return chunk_spec.prototype.buffer.from_bytes(self._encode_image(frame))
+
+    def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
+        raise NotImplementedError(f"{CODEC_NAME} output size depends on the image")
+
+
+register_codec(CODEC_NAME, ImageCodec)
+
+
+def lossless() -> dict[str, Any]:
+    """`zarr.create_array` codec keywords of a lossless array: zstd, then the checksum."""
+    return {"compressors": [ZstdCodec(level=layout.ZSTD_LEVEL), Crc32cCodec()]}
+
+
+def frames_codecs(codec: str, quality: int) -> dict[str, Any]:
+    """`zarr.create_array` keywords for a frames array stored with `decode.codec`."""
+    if codec == "zstd":
+        return lossless()
+    return {"serializer": ImageCodec(format=codec, level=quality), "compressors": [Crc32cCodec()]}
+
+
+def flow_codecs(precision: float | None) -> dict[str, Any]:
+    """`zarr.create_array` keywords for a flow array: float16 with zstd (`precision` None), or the
+    int16 multiples of `precision` that `to_fixed` makes, bitshuffled and zstd-compressed (blosc)."""
+    if precision is None:
+        return lossless()
+    return {"compressors": [BloscCodec(cname="zstd", clevel=layout.ZSTD_LEVEL, shuffle="bitshuffle", typesize=2),
+                            Crc32cCodec()]}  # fmt: skip
+
+
+def to_fixed(flow: np.ndarray, precision: float) -> np.ndarray:
+    """Flow in pixels as int16 multiples of `precision`: rounded (half to even) from its float16
+    values, so float16 flow re-encoded gives the bytes of flow written fixed-point at once, and
+    clipped to int16's range (+- 1024 px at 1/32)."""
+    steps = np.rint(np.asarray(flow, np.float16).astype(np.float32) / np.float32(precision))
+    return np.clip(steps, -layout.FLOW_FIXED_MAX, layout.FLOW_FIXED_MAX).astype(layout.FLOW_FIXED_DTYPE)
+
+
+def from_fixed(steps: np.ndarray, precision: float) -> np.ndarray:
+    """Float16 pixels from int16 multiples of `precision` (exact below 64 px at 1/32: float16's own spacing above)."""
+    return (steps.astype(np.float32) * np.float32(precision)).astype(layout.FLOW_DTYPE)
