@@ -114,10 +114,14 @@ def extract_flow(
     decoded: Optional[Path] = typer.Option(None, help="folder holding decoded.parquet (default: data.decode)"),
     store: Optional[Path] = typer.Option(None, help="Zarr store: reads frames/, writes flow/<method>/ (default: data.store)"),
     out: Optional[Path] = typer.Option(None, help="output folder for videos.parquet, stats.parquet, failures.parquet (default: data.flow)"),
+    videos: Optional[Path] = typer.Option(None, help="videos root: frames stored lossy are decoded again from it (default: data.videos)"),
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
 ) -> None:
     """Compute optical flow for every decoded video, resumably (params: flow).
+
+    With frames stored lossy (decode.codec jpeg, ...), each video is decoded again from the videos
+    root, so the flow is computed from the decoder's pixels, as from lossless frames.
 
     Each method's parameters are in the section of params.yaml named after it (flow.tvl1, flow.tvl1_fast,
     flow.dis, flow.farneback, flow.raft_small, flow.raft_large); flow.pairs_per_task cuts long videos into
@@ -130,7 +134,7 @@ def extract_flow(
     flow_params = params.flow if method is None else _with_method(params.flow, method)
     data = params.data
     summary = stage.run(flow_params, decoded or data.decode, store or data.store, out or data.flow,
-                        scheduler=scheduler, workers=workers)  # fmt: skip
+                        scheduler=scheduler, workers=workers, videos_root=videos or data.videos)  # fmt: skip
     _finish(summary)
 
 

@@ -107,7 +107,7 @@ def build_variant(params: Params, root: Path) -> None:
     for summary in (
         lambda: probe_stage.run(params.probe, d.videos, d.manifest),
         lambda: decode_stage.run(params.decode, d.manifest, d.videos, d.store, d.decode),
-        lambda: flow_stage.run(params.flow, d.decode, d.store, d.flow),
+        lambda: flow_stage.run(params.flow, d.decode, d.store, d.flow, videos_root=d.videos),
         lambda: sample_stage.run(params.sample, d.flow, d.store, d.sample),
     ):
         print(summary().text(), file=sys.stderr)

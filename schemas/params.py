@@ -115,6 +115,16 @@ class ProbeParams(Section):
         return value
 
 
+def pixels_fraction(value: object) -> object:
+    """Pixels written as a fraction ("1/32" reads better in params.yaml than 0.03125); both are accepted."""
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"{value!r}: expected pixels as a number or a fraction such as 1/32") from None
+    return value
+
+
 class DecodeParams(Section):
     """Decoding to frame arrays. Stored resolution and frame rate are decided here."""
 
@@ -237,14 +247,8 @@ class FlowParams(Section):
 
     @field_validator("precision", mode="before")
     @classmethod
-    def _fraction(cls, value: object) -> object:
-        # "1/32" reads better in params.yaml than 0.03125; both are accepted.
-        if isinstance(value, str):
-            try:
-                return float(Fraction(value.strip()))
-            except (ValueError, ZeroDivisionError):
-                raise ValueError(f"precision {value!r}: expected pixels as a number or a fraction such as 1/32") from None
-        return value
+    def _pixels(cls, value: object) -> object:
+        return pixels_fraction(value)
 
     @model_validator(mode="after")
     def _aligned(self) -> "FlowParams":
@@ -275,12 +279,22 @@ class SampleParams(Section):
     noise_floor: float = Field(
         0.5, ge=0, description="flow shorter than this (px/frame) counts as still; 0 with convention: authors is the authors' method exactly"
     )
+    flow_grid: float | None = Field(
+        None, gt=0, le=1,
+        description="score the flow rounded to multiples of this many px (e.g. 1/32): the selection is then the same "
+        "from float16 flow as from flow stored at flow.precision = flow_grid; null: the flow as stored",
+    )  # fmt: skip
     convention: Literal[MDS_CONVENTIONS] = Field(  # type: ignore[valid-type]
         "pipeline",
         description="authors: every detail of the release's generate_mcl_samples.py (scipy Sobel borders, floor-mode blocks, "
         "median over every start including the cut-short tail ones); pipeline: cv2 borders, partial border blocks kept, "
         "median over complete clips (README: differences from the authors' release)",
     )
+
+    @field_validator("flow_grid", mode="before")
+    @classmethod
+    def _pixels(cls, value: object) -> object:
+        return pixels_fraction(value)
 
 
 FLOW_NORMS = ("max_magnitude", "frame_max_magnitude", "fixed", "none")

@@ -34,6 +34,7 @@ FRAMES_ATTRS = (
     "source_fps",  # [num, den] of the source
     "source_frame_step",  # source frames per stored frame
     "source_size",  # [width, height] after rotation
+    "decoded_size",  # [width, height] FFmpeg decodes to before scaling (flow re-decodes lossy-stored videos)
     "scale",  # stored size / source size
     "params",  # the decode params that produced it
     "ffmpeg",  # FFmpeg version string used

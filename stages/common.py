@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas import tables
+from schemas.params import DecodeParams
 
 log = logging.getLogger("stages")
 
@@ -32,6 +33,12 @@ def fingerprint(*parts: Any) -> str:
     """A short, stable hash of JSON-able parts (params models included)."""
     plain = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def frames_fingerprint(sha256: str, params: DecodeParams, store_version: int) -> str:
+    """What a frames array's pixels depend on: the source's content and the decode params (not paths,
+    not versions). The flow stage computes it too, for the lossless frames it decodes itself."""
+    return fingerprint(sha256, params.pixel_params(), store_version)
 
 
 @dataclass

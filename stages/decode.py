@@ -25,7 +25,7 @@ from pipeline.tables import read_table, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams
 from schemas.tables import DECODED, FAILURES, VIDEOS
-from stages.common import Summary, failure, fingerprint, log_failure
+from stages.common import Summary, failure, frames_fingerprint, log_failure
 
 STAGE = "decode"
 
@@ -55,7 +55,7 @@ def plan_item(row: dict[str, Any], videos_root: Path, params: DecodeParams, stor
         params=params,
         store=store_path,
         # Only what changes the pixels: the source content and the params (not paths, not versions).
-        fingerprint=fingerprint(row["sha256"], params.pixel_params(), layout.STORE_VERSION),
+        fingerprint=frames_fingerprint(row["sha256"], params, layout.STORE_VERSION),
         expected_frames=stored_frame_count(row["num_frames"], source_fps, spec),
     )
 
@@ -110,8 +110,9 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
         "fingerprint": item.fingerprint,
         "store_version": layout.STORE_VERSION,
     }
+    source_width, source_height = decoded_size(row["width"], row["height"], row["rotation"])
+    attrs["decoded_size"] = [source_width, source_height]  # what FFmpeg decodes to: lets flow decode the source again
     try:
-        source_width, source_height = decoded_size(row["width"], row["height"], row["rotation"])
         blocks = iter_frame_blocks(item.path, spec, source_width=source_width, source_height=source_height)
         count = store.write_frames(
             item.store, row["video_id"], blocks,

@@ -24,14 +24,15 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import codecs, store
+from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks
 from pipeline.flow import DIS, RAFT, TVL1, DISConfig, Farneback, FarnebackConfig, FlowError, FlowEstimator, RAFTConfig, TVL1Config
 from pipeline.flowstats import STAT_NAMES, flow_stats
 from pipeline.parallel import map_progress
 from pipeline.tables import read_table, write_table
 from schemas import store as layout
-from schemas.params import FlowParams
+from schemas.params import DecodeParams, FlowParams
 from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
-from stages.common import Summary, failure, fingerprint, log_failure
+from stages.common import Summary, failure, fingerprint, frames_fingerprint, log_failure
 
 STAGE = "flow"
 
@@ -72,6 +73,16 @@ def _estimator(params: FlowParams) -> FlowEstimator:
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where to decode a video's frames again, exactly as the decode stage did, when the store
+    holds them lossy: flow is computed from the decoder's pixels, not from JPEG's."""
+
+    path: str
+    spec: DecodeSpec
+    decoded_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class FlowTask:
     video_id: str
     relpath: str
@@ -80,14 +91,33 @@ class FlowTask:
     start: int  # first pair
     stop: int  # one past the last pair
     params: FlowParams
+    source: Source | None = None  # lossy-stored frames: decode these instead
+
+
+def task_frames(task: FlowTask) -> np.ndarray:
+    """Frames start..stop of the task: from the store, or decoded from the source video."""
+    if task.source is None:
+        return store.open_frames(task.store, task.video_id)[task.start : task.stop + 1]
+    source, parts, seen = task.source, [], 0
+    width, height = source.decoded_size
+    for block in iter_frame_blocks(source.path, source.spec, source_width=width, source_height=height):
+        if seen + len(block) > task.start:
+            parts.append(block[max(task.start - seen, 0) : task.stop + 1 - seen])
+        seen += len(block)
+        if seen > task.stop:
+            break
+    frames = np.concatenate(parts) if parts else np.zeros((0, height, width, 3), np.uint8)
+    if len(frames) != task.stop + 1 - task.start:
+        raise DecodeError(f"{task.relpath}: decoding it again gave {seen} frames, fewer than the store's; re-run the decode stage")
+    return frames
 
 
 def flow_task(task: FlowTask) -> dict[str, Any]:
     """Flow for pairs [start, stop) of one video, written into its partial array; returns the stats.
     Frames the estimator cannot use give {"error": message} instead of raising."""
     try:
-        frames = store.open_frames(task.store, task.video_id)[task.start : task.stop + 1]
-    except store.CorruptChunkError as exc:
+        frames = task_frames(task)
+    except (store.CorruptChunkError, DecodeError) as exc:
         return {"task": task, "error": str(exc)}
     flat = int((np.ptp(frames.reshape(len(frames), -1), axis=1) == 0).sum())
     try:
@@ -130,8 +160,13 @@ def run(
     *,
     scheduler: str | None = None,
     workers: int | None = None,
+    videos_root: str | Path | None = None,
 ) -> Summary:
+    """Flow of every decoded video. Frames stored lossy (decode.codec jpeg, ...) are decoded again
+    from the source under `videos_root`, so the flow is the same as from lossless frames (and keeps
+    its fingerprint across frame codecs); without `videos_root` it comes from the stored frames."""
     summary = Summary(f"extract-flow ({params.method})")
+    lossy_from_store = 0
     out, store_path = Path(out), str(Path(store_path).absolute())
     group = layout.flow_group(params.method)
     videos = read_table(Path(decoded) / "decoded.parquet", DECODED).to_pylist()
@@ -152,9 +187,18 @@ def run(
         if problem := _frames_problem(row, frames_meta):
             fail(row["video_id"], row["relpath"], *problem)
             continue
+        source, frames_fp = None, frames_attrs["fingerprint"]
+        decode_params = DecodeParams(**frames_attrs.get("params", {}))
+        if decode_params.codec != "zstd":
+            if videos_root is None:
+                lossy_from_store += 1
+            else:
+                source = _source(row, Path(videos_root), decode_params, frames_attrs)
+                frames_fp = frames_fingerprint(frames_attrs["sha256"], decode_params.model_copy(update={"codec": "zstd"}),
+                                               frames_attrs["store_version"])  # fmt: skip
         done = {"video_id": row["video_id"], "relpath": row["relpath"], "array": f"{group}/{row['video_id']}",
                 "method": params.method, "num_pairs": row["num_frames"] - 1,
-                "fingerprint": flow_fingerprint(frames_attrs["fingerprint"], params)}  # fmt: skip
+                "fingerprint": flow_fingerprint(frames_fp, params)}  # fmt: skip
         existing = store.array_attrs(store_path, group, row["video_id"])
         if existing and existing.get("fingerprint") == done["fingerprint"]:
             done_rows.append(done)
@@ -162,12 +206,12 @@ def run(
             summary.add("skipped")
             continue
         if existing and params.precision is not None and existing.get("fingerprint") == flow_fingerprint(
-            frames_attrs["fingerprint"], params.model_copy(update={"precision": None})
+            frames_fp, params.model_copy(update={"precision": None})
         ):  # the same flow, stored as float16: re-encode it rather than compute it again
             recode.append((row, done, existing))
             continue
-        video_tasks = _plan(row, params, store_path, group)
-        pending[row["video_id"]] = _Video(row, done, Path(video_tasks[0].partial), frames_attrs["fingerprint"], len(video_tasks))
+        video_tasks = _plan(row, params, store_path, group, source)
+        pending[row["video_id"]] = _Video(row, done, Path(video_tasks[0].partial), frames_fp, len(video_tasks))
         tasks += video_tasks
 
     for row, done, existing in tqdm(recode, desc="extract-flow: re-encode", unit="video", disable=not recode):
@@ -217,6 +261,9 @@ def run(
     write_table(out / "stats.parquet", stats_rows, FLOW_STATS, metadata=metadata)
     write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata)
     summary.add("pairs", sum(r["num_pairs"] for r in done_rows))
+    if lossy_from_store:
+        summary.notes.append(f"{lossy_from_store} videos' frames are stored lossy, and their flow came from those frames: "
+                             "give the videos root (data.videos) to compute it from the source videos")  # fmt: skip
     return summary
 
 
@@ -229,7 +276,13 @@ def flow_fingerprint(frames_fingerprint: str, params: FlowParams) -> str:
     return fingerprint(frames_fingerprint, params.method, method_params(params), layout_params, layout.STORE_VERSION)
 
 
-def _plan(row: dict[str, Any], params: FlowParams, store_path: str, group: str) -> list[FlowTask]:
+def _source(row: dict[str, Any], videos_root: Path, decode: DecodeParams, frames_attrs: dict[str, Any]) -> Source:
+    spec = DecodeSpec(width=row["width"], height=row["height"], fps=decode.fps_fraction(), frame_stride=decode.frame_stride,
+                      max_frames=decode.max_frames, timeout_s=decode.timeout_s)  # fmt: skip
+    return Source(str((videos_root / row["relpath"]).absolute()), spec, tuple(frames_attrs["decoded_size"]))
+
+
+def _plan(row: dict[str, Any], params: FlowParams, store_path: str, group: str, source: Source | None) -> list[FlowTask]:
     """Create the video's partial array and cut its pairs into tasks that each write whole shards."""
     pairs, height, width = row["num_frames"] - 1, row["height"], row["width"]
     dtype = layout.FLOW_DTYPE if params.precision is None else layout.FLOW_FIXED_DTYPE
@@ -239,7 +292,7 @@ def _plan(row: dict[str, Any], params: FlowParams, store_path: str, group: str) 
         codec_chain=codecs.flow_codecs(params.precision),
     )  # fmt: skip
     return [
-        FlowTask(row["video_id"], row["relpath"], store_path, str(partial), start, min(start + params.pairs_per_task, pairs), params)
+        FlowTask(row["video_id"], row["relpath"], store_path, str(partial), start, min(start + params.pairs_per_task, pairs), params, source)
         for start in range(0, pairs, params.pairs_per_task)
     ]
 

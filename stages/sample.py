@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import store
+from pipeline import codecs, store
 from pipeline.mds import SCORING_VERSION, frame_scores
 from pipeline.parallel import map_progress
 from pipeline.sampling import ClipSpec, Threshold, candidate_starts, clip_scores, complete_starts, rank_and_quantile, select
@@ -43,6 +43,7 @@ class ScoreTask:
     noise_floor: float
     convention: str
     frames: int  # flow frames, for the progress bar
+    grid: float | None = None  # score the flow rounded to multiples of this many px
 
 
 def score_video(task: ScoreTask) -> dict[str, Any]:
@@ -60,7 +61,10 @@ def score_video(task: ScoreTask) -> dict[str, Any]:
     for start in range(0, n, BLOCK_FRAMES):
         stop = min(start + BLOCK_FRAMES, n)
         try:
-            block = np.asarray(flow[start : min(stop + 1, n)], np.float32)
+            block = flow[start : min(stop + 1, n)]
+            if task.grid is not None:  # exactly the values a fixed-point store at this grid holds
+                block = codecs.from_fixed(codecs.to_fixed(block, task.grid), task.grid)
+            block = np.asarray(block, np.float32)
             scores = frame_scores(block, block=task.block, noise_floor=task.noise_floor, convention=task.convention)
         except ValueError as exc:
             return {"video_id": task.video_id, "error": f"{exc} in flow frames {start}-{stop - 1}"}
@@ -123,12 +127,13 @@ def run(
     summary = Summary("sample")
     out, store_path = Path(out), str(Path(store_path).absolute())
     videos = read_table(Path(flowed) / "videos.parquet", FLOWED).to_pylist()
-    keys = {row["video_id"]: fingerprint(row["fingerprint"], params.block, params.noise_floor, params.convention, SCORING_VERSION)
-            for row in videos}  # fmt: skip
+    scoring = (params.block, params.noise_floor, params.convention, SCORING_VERSION)
+    scoring += () if params.flow_grid is None else (params.flow_grid,)  # unset: the keys of scores made before it
+    keys = {row["video_id"]: fingerprint(row["fingerprint"], *scoring) for row in videos}
     scores = _previous_scores(out, keys)
     summary.add("videos scored before", len(scores))
     tasks = [ScoreTask(row["video_id"], store_path, row["method"], params.block, params.noise_floor, params.convention,
-                       row["num_pairs"]) for row in videos if row["video_id"] not in scores]  # fmt: skip
+                       row["num_pairs"], params.flow_grid) for row in videos if row["video_id"] not in scores]  # fmt: skip
     failures = []
     relpaths = {row["video_id"]: row["relpath"] for row in videos}
     for result in map_progress(score_video, tasks, scheduler=scheduler, workers=workers, desc="sample", unit="frame",

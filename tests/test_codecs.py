@@ -16,9 +16,10 @@ from pipeline import codecs, store
 from pipeline.synth import demo_scene, render_frames
 from pipeline.tables import read_table
 from schemas import store as layout
-from schemas.params import DecodeParams, FlowParams
+from schemas.params import DecodeParams, FlowParams, SampleParams
 from stages import decode as decode_stage
 from stages import flow as flow_stage
+from stages import sample as sample_stage
 from stages.common import fingerprint
 
 
@@ -123,6 +124,7 @@ def test_precision_is_read_as_a_fraction():
     assert FlowParams(precision="1/32").precision == 1 / 32
     with pytest.raises(ValueError, match="fraction such as 1/32"):
         FlowParams(precision="fine")
+    assert SampleParams(flow_grid="1/32").flow_grid == 1 / 32
 
 
 def damage(path, how):
@@ -228,3 +230,40 @@ def test_a_precision_change_re_encodes_stored_flow_instead_of_computing_it(fixtu
     assert tree_bytes(tmp_path / "recoded" / "store.zarr" / "flow") == tree_bytes(tmp_path / "fresh" / "store.zarr" / "flow")
     assert (tmp_path / "recoded" / "flow" / "stats.parquet").read_bytes() == (tmp_path / "fresh" / "flow" / "stats.parquet").read_bytes()
     assert run("recoded", fixed).counts["skipped"] == computed
+
+
+def test_flow_of_lossy_frames_is_computed_from_the_source_and_survives_a_codec_change(fixture_flowed, tmp_path):
+    """With JPEG frames, flow decodes the source again: the same bytes as the flow of lossless frames,
+    with the same fingerprint, so switching frames to JPEG does not recompute the flow."""
+    root = tmp_path / "store.zarr"
+    shutil.copytree(fixture_flowed / "store.zarr", root)  # lossless frames and their DIS flow
+    shutil.copytree(fixture_flowed / "flow", tmp_path / "flow")
+    decoded = decode_stage.run(DecodeParams(codec="jpeg"), fixture_flowed / "manifest", FIXTURES, root, tmp_path / "decode", scheduler="sync")
+    assert decoded.counts["decoded"] == 5 and "skipped" not in decoded.counts
+    summary = flow_stage.run(FlowParams(method="dis"), tmp_path / "decode", root, tmp_path / "flow", scheduler="sync",
+                             videos_root=FIXTURES)  # fmt: skip
+    flowed = len(read_table(fixture_flowed / "flow" / "videos.parquet"))
+    assert summary.counts["skipped"] == flowed and "computed" not in summary.counts
+    fresh = tmp_path / "fresh.zarr"
+    shutil.copytree(root / "frames", fresh / "frames")
+    shutil.copy(root / "zarr.json", fresh / "zarr.json")
+    computed = flow_stage.run(FlowParams(method="dis"), tmp_path / "decode", fresh, tmp_path / "fresh_flow", scheduler="sync",
+                              videos_root=FIXTURES)  # fmt: skip
+    assert computed.counts["computed"] == flowed
+    assert tree_bytes(fresh / "flow") == tree_bytes(fixture_flowed / "store.zarr" / "flow")
+    without = flow_stage.run(FlowParams(method="dis"), tmp_path / "decode", fresh, tmp_path / "fresh_flow", scheduler="sync")
+    assert without.counts["computed"] == flowed and "stored lossy" in without.text()  # from the JPEG frames: other flow
+
+
+def test_scores_on_the_flow_grid_are_the_same_from_float16_and_fixed_point_flow(fixture_flowed, tmp_path):
+    group = layout.flow_group("dis")
+    fixed = tmp_path / "fixed.zarr"
+    shutil.copytree(fixture_flowed / "store.zarr" / group, fixed / group)
+    for row in read_table(fixture_flowed / "flow" / "videos.parquet").to_pylist():
+        store.recode_flow(fixed, group, row["video_id"], 1 / 32, store.array_attrs(fixed, group, row["video_id"]))
+    tables = {}
+    for name, path, grid in (("float16", fixture_flowed / "store.zarr", "1/32"), ("fixed", fixed, "1/32"), ("raw", fixture_flowed / "store.zarr", None)):
+        sample_stage.run(SampleParams(flow_grid=grid), fixture_flowed / "flow", path, tmp_path / name, scheduler="sync")
+        tables[name] = (tmp_path / name / "frames.parquet").read_bytes(), (tmp_path / name / "clips.parquet").read_bytes()
+    assert tables["float16"] == tables["fixed"]
+    assert tables["raw"][0] != tables["float16"][0]  # the grid does round the scored flow
