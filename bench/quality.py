@@ -7,7 +7,8 @@ over several seeds, on the demo or on a held-out variant of it.
 
 A variant (`bench/variants/<name>.yaml`, or a path) overrides params the way `--set` does; its data
 (make_demo, probe, decode, flow, sample) is built with the stages' own code under
-`--out/<variant>/data`, resumably. For each seed (train.seed and dataset.seed both set to it) the
+`--out/<variant>/data`, resumably; so is the demo's when `--set` changes a param of those stages
+(under `--out/params_data/data`: the data `dvc repro` built do not follow it). For each seed (train.seed and dataset.seed both set to it) the
 train stage trains MSCL and the RGB-only baseline, and the evaluate stage scores them, random
 weights, MSCL's flow encoder on the flow and a non-learned motion descriptor. Runs are kept under
 `--out/<variant>/`, keyed by the params each depends on (the RGB-only baseline's by fewer, so an
@@ -93,12 +94,15 @@ def variant_data(raw: dict[str, Any], root: Path) -> dict[str, Any]:
     return raw
 
 
+DATA_SECTIONS = ("make_demo", "probe", "decode", "flow", "sample")  # what build_variant's stages read
+
+
 def build_variant(params: Params, root: Path) -> None:
     """The variant's videos, frames, flow and clip index, through the stages (each skips finished
     work); a stamp of the params they read lets a later run skip the stages altogether."""
     d = params.data
     stamp = root / "built.json"
-    wanted = {section: getattr(params, section).model_dump(mode="json") for section in ("make_demo", "probe", "decode", "flow", "sample")}
+    wanted = {section: getattr(params, section).model_dump(mode="json") for section in DATA_SECTIONS}
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return
     stamp.unlink(missing_ok=True)
@@ -245,12 +249,16 @@ def main() -> None:
         path = variant_file(args.variant)
         name = path.stem
         raw = variant_data(merge(raw, yaml.safe_load(path.read_text()) or {}), args.out / name / "data")
+    if not args.variant and any(item.split(".", 1)[0] in DATA_SECTIONS for item in args.overrides):
+        # The data `dvc repro` built do not follow a --set of their params: build them afresh instead.
+        name = "params_data"
+        raw = variant_data(raw, args.out / name / "data")
     raw = with_overrides(raw, args.overrides)
     params = validate(Params, raw, source=f"{args.params} + {args.variant or 'no variant'} + --set")
     if params.dataset.flip > 0 and params.make_demo.flip_exchanged() and args.variant:
         print(f"warning: {params.make_demo.flip_exchanged()} are exchanged by a horizontal flip, and dataset.flip is "
               f"{params.dataset.flip}: set dataset.flip: 0 to tell them apart", file=sys.stderr)  # fmt: skip
-    if args.variant:
+    if name != "params":
         build_variant(params, args.out / name / "data")
     root = args.out / name
     done = {seed: run_seed(seeded(params, seed), root) for seed in args.seeds}
