@@ -265,6 +265,8 @@ class StoredArray:
     def __getitem__(self, selection: Any) -> np.ndarray:
         try:
             data = self.array[selection]
+        except (IndexError, TypeError):  # a bad selection, not bad data
+            raise
         except Exception as exc:  # any codec error: locate it, then say where
             raise self._locate(selection, exc) from exc
         return data if self.scale is None else codecs.from_fixed(data, self.scale)

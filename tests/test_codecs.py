@@ -144,6 +144,8 @@ def test_a_damaged_shard_is_an_error_naming_video_array_and_chunk(tmp_path, code
     damage(tmp_path / "frames" / "v" / "c" / "1" / "0" / "0" / "0", how)
     array = store.open_frames(tmp_path, "v")
     assert array[:8].shape == (8, 64, 80, 3)  # the first shard is intact
+    with pytest.raises(IndexError):
+        array[16]  # a selection out of bounds stays an IndexError
     with pytest.raises(store.CorruptChunkError, match=r"video 'v', array frames/v, frames? \d+(-\d+)?, chunk \(\d+, 0, 0, 0\)") as err:
         array[6:14]
     chunk = int(str(err.value).split("chunk (")[1].split(",")[0])
