@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from schemas.store import FRAME_CODECS
 
+
 class Section(BaseModel):
     """Base of every params section: strict keys, immutable once loaded."""
 
