@@ -3,8 +3,12 @@ imagecodecs), the codec chains of frames and flow arrays, and fixed-point flow (
 `flow.precision` px, bitshuffled and zstd-compressed by zarr's blosc codec: only codecs of the
 Zarr v3 specification, with the step stored as CF's `scale_factor` attribute).
 
-`ImageCodec` is an ordinary zarr v3 array->bytes codec: a chunk of one (1, H, W, 3) uint8 frame
-becomes one image file's bytes, and the sharding codec packs many such chunks into one file. It is
+`ImageCodec` is an ordinary zarr v3 array->bytes codec: a chunk of (k, H, W, 3) uint8 frames
+becomes one image file's bytes, and the sharding codec packs many such chunks into one file. With
+JPEG at 4:4:4 a chunk holds several frames, stacked top to bottom in one image (each padded to whole
+8x8 blocks by repeating its last row, as libjpeg pads any edge), so every frame decodes to exactly
+the pixels it would alone and a clip read costs a few chunks, not one per frame; the other formats
+(and subsampled JPEG, whose chroma filters reach across rows) keep one frame per chunk. It is
 registered with zarr under the name `mscl.image`, both here (importing this module) and as a
 `zarr.codecs` entry point of this package, so any zarr reader in an environment where the package
 is installed opens the store without importing anything of ours.
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.core.common import JSON, parse_named_configuration
@@ -43,25 +48,31 @@ def _imagecodecs():
 
 @dataclass(frozen=True)
 class ImageCodec(ArrayBytesCodec):
-    """One frame per chunk, as one still image (`format`: jpeg, jpegxl, avif or webp).
+    """A chunk of frames as one still image (`format`: jpeg, jpegxl, avif or webp).
 
     `level` is the format's quality setting as imagecodecs takes it (JPEG and WebP: 0-100; JPEG XL
-    and AVIF: 0-100 as well, higher is better). Lossy: a decoded frame is close to, not equal to,
-    what was written (bench/storage.py measures how close).
+    and AVIF: 0-100 as well, higher is better). `subsampling` (JPEG only) is the chroma subsampling
+    written, "444" for none; None is libjpeg's default (4:2:0, as stores written before it existed).
+    Lossy: a decoded frame is close to, not equal to, what was written (bench/storage.py measures
+    how close). Several frames per chunk only with JPEG at 4:4:4 (`layout.STRIP_SUBSAMPLING`).
     """
 
     is_fixed_size = False
 
     format: str
     level: int
+    subsampling: str | None
 
-    def __init__(self, *, format: str = "jpeg", level: int = 95) -> None:  # noqa: A002 (the config key)
+    def __init__(self, *, format: str = "jpeg", level: int = 95, subsampling: str | None = None) -> None:  # noqa: A002 (the config key)
         if format not in layout.IMAGE_FORMATS:
             raise ValueError(f"image codec format {format!r}: expected one of {', '.join(layout.IMAGE_FORMATS)}")
         if not 0 <= int(level) <= 100:
             raise ValueError(f"image codec level {level}: expected 0-100")
+        if subsampling is not None and (format != "jpeg" or subsampling not in layout.JPEG_SUBSAMPLINGS):
+            raise ValueError(f"image codec subsampling {subsampling!r}: JPEG only, one of {', '.join(layout.JPEG_SUBSAMPLINGS)}")
         object.__setattr__(self, "format", format)
         object.__setattr__(self, "level", int(level))
+        object.__setattr__(self, "subsampling", subsampling)
 
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> Self:
@@ -69,25 +80,39 @@ class ImageCodec(ArrayBytesCodec):
         return cls(**config)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, JSON]:
-        return {"name": CODEC_NAME, "configuration": {"format": self.format, "level": self.level}}
+        config: dict[str, JSON] = {"format": self.format, "level": self.level}
+        if self.subsampling is not None:
+            config["subsampling"] = self.subsampling
+        return {"name": CODEC_NAME, "configuration": config}
+
+    @property
+    def strips(self) -> bool:
+        """Whether a chunk may hold several frames (stacked in one image) without one frame's
+        pixels depending on another's."""
+        return self.format == "jpeg" and self.subsampling == layout.STRIP_SUBSAMPLING
 
     def validate(self, *, shape: tuple[int, ...], dtype: Any, chunk_grid: Any) -> None:
         chunk = tuple(getattr(chunk_grid, "chunk_shape", ()))
         if np.dtype(dtype.to_native_dtype()) != np.uint8 or len(shape) != 4 or shape[-1] != 3:
             raise ValueError(f"{CODEC_NAME} stores (T, H, W, 3) uint8 frames, not {dtype} of shape {shape}")
-        if chunk and chunk[0] != 1:
-            raise ValueError(f"{CODEC_NAME} stores one frame per chunk; chunks of {chunk[0]} frames were asked for")
+        if chunk and chunk[0] != 1 and not self.strips:
+            raise ValueError(f"{CODEC_NAME} with {self.format} (subsampling {self.subsampling}) stores one frame per chunk; "
+                             f"chunks of {chunk[0]} frames were asked for (only jpeg at {layout.STRIP_SUBSAMPLING} keeps "
+                             f"frames sharing an image independent)")  # fmt: skip
+        if chunk and chunk[0] * _padded(chunk[1]) > layout.JPEG_MAX_SIDE:
+            raise ValueError(f"{CODEC_NAME}: {chunk[0]} frames of height {chunk[1]} stack into an image taller than "
+                             f"JPEG's {layout.JPEG_MAX_SIDE} rows; use fewer frames per chunk")  # fmt: skip
 
-    def _encode_image(self, frame: np.ndarray) -> bytes:
+    def _encode_image(self, image: np.ndarray) -> bytes:
         codecs = _imagecodecs()
         if self.format == "jpeg":
-            return codecs.jpeg8_encode(frame, level=self.level)
+            return codecs.jpeg8_encode(image, level=self.level, subsampling=self.subsampling)
         # One thread each: parallelism is across videos, and the bytes do not depend on scheduling.
         if self.format == "jpegxl":
-            return codecs.jpegxl_encode(frame, level=self.level, lossless=False, numthreads=1)
+            return codecs.jpegxl_encode(image, level=self.level, lossless=False, numthreads=1)
         if self.format == "avif":  # speed 8: 190 frames/s at 170x128, against 1.5 at libavif's default
-            return codecs.avif_encode(frame, level=self.level, speed=8, numthreads=1)
-        return codecs.webp_encode(frame, level=self.level, lossless=False, numthreads=1)
+            return codecs.avif_encode(image, level=self.level, speed=8, numthreads=1)
+        return codecs.webp_encode(image, level=self.level, lossless=False, numthreads=1)
 
     def _decode_image(self, data: bytes) -> np.ndarray:
         codecs = _imagecodecs()
@@ -97,17 +122,28 @@ class ImageCodec(ArrayBytesCodec):
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         image = self._decode_image(chunk_bytes.to_bytes())
-        expected = tuple(chunk_spec.shape[1:])
-        if image.shape != expected:
-            raise ValueError(f"{self.format} chunk decodes to shape {image.shape}, expected {expected}")
-        return chunk_spec.prototype.nd_buffer.from_ndarray_like(image.reshape(chunk_spec.shape))
+        frames, height, width, channels = chunk_spec.shape
+        padded = height if frames == 1 else _padded(height)
+        if image.shape != (frames * padded, width, channels):
+            raise ValueError(f"{self.format} chunk decodes to shape {image.shape}, expected {(frames * padded, width, channels)}")
+        stack = image.reshape(frames, padded, width, channels)[:, :height]
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(np.ascontiguousarray(stack))
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        frame = np.ascontiguousarray(chunk_array.as_numpy_array().reshape(chunk_spec.shape[1:]))
-        return chunk_spec.prototype.buffer.from_bytes(self._encode_image(frame))
+        frames, height, width, channels = chunk_spec.shape
+        stack = chunk_array.as_numpy_array().reshape(chunk_spec.shape)
+        if frames > 1 and _padded(height) != height:  # whole 8x8 blocks per frame: the rows libjpeg would repeat
+            stack = np.pad(stack, ((0, 0), (0, _padded(height) - height), (0, 0), (0, 0)), mode="edge")
+        image = np.ascontiguousarray(stack.reshape(-1, width, channels))
+        return chunk_spec.prototype.buffer.from_bytes(self._encode_image(image))
 
     def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
         raise NotImplementedError(f"{CODEC_NAME} output size depends on the image")
+
+
+def _padded(height: int) -> int:
+    """A frame's height in a multi-frame chunk's image: whole JPEG blocks (8 rows at 4:4:4)."""
+    return -(-height // 8) * 8
 
 
 register_codec(CODEC_NAME, ImageCodec)
@@ -122,7 +158,8 @@ def frames_codecs(codec: str, quality: int) -> dict[str, Any]:
     """`zarr.create_array` keywords for a frames array stored with `decode.codec`."""
     if codec == "zstd":
         return lossless()
-    return {"serializer": ImageCodec(format=codec, level=quality), "compressors": [Crc32cCodec()]}
+    subsampling = layout.STRIP_SUBSAMPLING if codec == "jpeg" else None
+    return {"serializer": ImageCodec(format=codec, level=quality, subsampling=subsampling), "compressors": [Crc32cCodec()]}
 
 
 def flow_codecs(precision: float | None) -> dict[str, Any]:
@@ -143,5 +180,7 @@ def to_fixed(flow: np.ndarray, precision: float) -> np.ndarray:
 
 
 def from_fixed(steps: np.ndarray, precision: float) -> np.ndarray:
-    """Float16 pixels from int16 multiples of `precision` (exact below 64 px at 1/32: float16's own spacing above)."""
-    return (steps.astype(np.float32) * np.float32(precision)).astype(layout.FLOW_DTYPE)
+    """Float16 pixels from int16 multiples of `precision` (exact below 64 px at 1/32: float16's own
+    spacing above). Through torch: its float32->float16 cast is vectorised, numpy's is 4x slower."""
+    pixels = torch.from_numpy(np.ascontiguousarray(steps)).to(torch.float32).mul_(precision)
+    return pixels.to(torch.float16).numpy()

@@ -22,6 +22,9 @@ FRAMES_DTYPE = "uint8"
 # decode.codec: "zstd" (lossless) or a still-image format, one frame per chunk (pipeline/codecs.py).
 IMAGE_FORMATS = ("jpeg", "jpegxl", "avif", "webp")
 FRAME_CODECS = ("zstd", *IMAGE_FORMATS)
+JPEG_SUBSAMPLINGS = ("444", "422", "420", "411", "440")  # libjpeg's chroma subsamplings
+STRIP_SUBSAMPLING = "444"  # decode.codec: jpeg writes no chroma subsampling, so a chunk holds several frames
+JPEG_MAX_SIDE = 65500  # rows of one JPEG image (a chunk's frames, stacked)
 FRAMES_AXES = ("t", "y", "x", "c")  # RGB channels last
 ZSTD_LEVEL = 3
 
@@ -77,9 +80,9 @@ def flow_group(method: str) -> str:
 
 
 def frames_chunks(height: int, width: int, chunk_frames: int, codec: str = "zstd") -> tuple[int, int, int, int]:
-    """Chunk = a few whole frames (one with an image codec: a chunk is one image): a clip read
-    touches few chunks and never a partial frame."""
-    return (1 if codec in IMAGE_FORMATS else chunk_frames, height, width, 3)
+    """Chunk = a few whole frames: a clip read touches few chunks and never a partial frame. With
+    JPEG they are one image (pipeline/codecs.py); the other image codecs keep one frame per chunk."""
+    return (chunk_frames if codec in ("zstd", "jpeg") else 1, height, width, 3)
 
 
 def frames_shards(height: int, width: int, shard_frames: int) -> tuple[int, int, int, int]:

@@ -31,7 +31,7 @@ DEMO_SIZED = {"flow.method", "dataset.crop_size", "dataset.cache_mb", "dataset.c
 
 
 # The schema stores lossless; params.yaml stores as bench/storage.py chose (README: "Storage").
-STORAGE = {"decode.codec", "flow.precision", "sample.flow_grid"}
+STORAGE = {"decode.codec", "decode.quality", "flow.precision", "sample.flow_grid"}
 
 
 def test_repo_params_file_is_valid_and_spells_out_every_key():
