@@ -32,7 +32,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -168,7 +168,8 @@ class MSCLClips(IterableDataset):
         self._progress = torch.zeros(2, dtype=torch.int64).share_memory_()
         self.block = 1  # samples per worker turn; ClipLoader sets it to the batch size
         self._arrays: OrderedDict[tuple[str, str], zarr.Array] = OrderedDict()
-        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # whole arrays, up to cache_mb
+        # Whole arrays as stored, with their conversion to what a read returns, up to cache_mb.
+        self._cache: OrderedDict[tuple[str, str], tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]] = OrderedDict()
         self._cache_bytes = 0
 
     # -- the epoch plan -------------------------------------------------------------------------
@@ -323,19 +324,20 @@ class MSCLClips(IterableDataset):
         key = (group, video_id)
         if key in self._cache:
             self._cache.move_to_end(key)
-            return self._cache[key][span]
+            whole, to_pixels = self._cache[key]
+            return to_pixels(whole[span])
         array = self._array(group, video_id)
         budget = self.params.cache_mb * 2**20
-        size = int(np.prod(array.shape)) * array.dtype.itemsize
+        size = int(np.prod(array.shape)) * array.array.dtype.itemsize
         if size > budget:
             return array[span]
-        whole = array[:]
-        self._cache[key] = whole
+        whole = array.stored(slice(None))  # kept as stored (fixed-point flow: int16), converted per clip
+        self._cache[key] = (whole, array.to_pixels)
         self._cache_bytes += whole.nbytes
         while self._cache_bytes > budget:
-            _, dropped = self._cache.popitem(last=False)
+            _, (dropped, _) = self._cache.popitem(last=False)
             self._cache_bytes -= dropped.nbytes
-        return whole[span]
+        return array.to_pixels(whole[span])
 
     def _array(self, group: str, video_id: str) -> StoredArray:
         key = (group, video_id)

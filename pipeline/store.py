@@ -263,13 +263,21 @@ class StoredArray:
         return np.asarray(self[:], dtype=dtype)
 
     def __getitem__(self, selection: Any) -> np.ndarray:
+        return self.to_pixels(self.stored(selection))
+
+    def stored(self, selection: Any) -> np.ndarray:
+        """The values as stored (int16 steps for fixed-point flow), for a reader that keeps them
+        (half the memory of float32 pixels) and converts only what it uses, with `to_pixels`."""
         try:
-            data = self.array[selection]
+            return self.array[selection]
         except (IndexError, TypeError):  # a bad selection, not bad data
             raise
         except Exception as exc:  # any codec error: locate it, then say where
             raise self._locate(selection, exc) from exc
-        return data if self.scale is None else codecs.from_fixed(data, self.scale)
+
+    def to_pixels(self, values: np.ndarray) -> np.ndarray:
+        """Stored values as what a read returns: float16 pixels for flow, however stored."""
+        return values if self.scale is None else codecs.from_fixed(values, self.scale)
 
     def _where(self, frames: tuple[int, int]) -> str:
         span = f"frame {frames[0]}" if frames[1] - frames[0] == 1 else f"frames {frames[0]}-{frames[1] - 1}"

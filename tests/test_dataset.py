@@ -3,19 +3,23 @@ workers, determinism, mid-epoch resume, view-2 snapping, and flow that stays tru
 every augmentation (checked against the stored arrays and against ground truth)."""
 
 import math
+import shutil
 import socket
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import zarr
 from torchvision.transforms.v2 import functional as F
 
 from pipeline import synth
 from pipeline.augment import FRA_ANGLES, rotate_vectors
 from pipeline.dataset import ClipIndex, ClipLoader, MSCLClips, to_device
-from pipeline.store import open_flow, open_frames
+from pipeline.store import open_flow, open_frames, recode_flow
 from pipeline.tables import read_table
+from schemas import store as layout
 from schemas.batch import SAMPLE
 from schemas.params import DatasetParams, SampleParams
 from stages import sample as sample_stage
@@ -330,6 +334,23 @@ def test_the_video_cache_changes_nothing_but_speed_and_stays_in_budget(fixture_i
     cached = run_epoch(cached_dataset, batch_size=4)
     same_batches(plain, cached)
     assert 0 < cached_dataset._cache_bytes <= 3 * 2**20  # bounded: older videos were dropped
+
+
+def test_fixed_point_flow_reads_the_same_with_and_without_the_cache(fixture_index, store, tmp_path):
+    """The cache keeps fixed-point flow as stored (int16) and converts each clip: the same batches
+    as reading every clip from the store, in the dtype a float16 store gives."""
+    fixed = tmp_path / "store.zarr"
+    shutil.copytree(store, fixed)
+    group = layout.flow_group("dis")
+    for video in filter(Path.is_dir, (fixed / group).iterdir()):
+        attrs = zarr.open_array(str(video), mode="r").attrs.asdict()
+        recode_flow(fixed, group, video.name, 1 / 32, attrs)
+    plain = run_epoch(make(fixture_index, fixed, EXACT), batch_size=4, batches=2)
+    cached_dataset = make(fixture_index, fixed, EXACT.model_copy(update={"cache_mb": 64}))
+    cached = run_epoch(cached_dataset, batch_size=4, batches=2)
+    same_batches(plain, cached)
+    assert all(array.dtype == np.int16 for array, _ in cached_dataset._cache.values() if array.ndim == 4 and array.shape[-1] == 2)
+    assert cached[0]["flow"].dtype == run_epoch(make(fixture_index, store, EXACT), batch_size=4, batches=1)[0]["flow"].dtype
 
 
 def test_rgb_only_reads_no_flow_and_keeps_the_same_rgb(fixture_index, store):
