@@ -77,8 +77,10 @@ def map_progress(
     desc: str = "",
     unit: str = "item",
     weight: Callable[[T], int] = lambda item: 1,
+    noun: str = "videos",
 ) -> Iterator[R]:
-    """Yield fn(item) for every item, showing a bar of `unit`s (each item counts `weight(item)`)."""
+    """Yield fn(item) for every item, showing a bar of `unit`s (each item counts `weight(item)`) and
+    how many of the items (`noun`) are done."""
     if not items:
         return
     total = sum(weight(item) for item in items)
@@ -89,7 +91,7 @@ def map_progress(
         nonlocal done
         done += 1
         bar.update(weight(item))
-        bar.set_postfix_str(f"{done}/{len(items)} videos", refresh=False)
+        bar.set_postfix_str(f"{done}/{len(items)} {noun}", refresh=False)
 
     try:
         with dask_client(scheduler, workers) as client:

@@ -7,8 +7,10 @@
     <out>/failures.parquet             videos without flow, and why
 
 Work is cut into tasks of at most `flow.pairs_per_task` frame pairs (one per short video, several
-per long one), run in parallel with dask, one OpenCV/torch thread per worker. Each task writes whole
-shards of a video's array under `.partial/`; the array is published when all its tasks are done, so
+per long one), run in parallel with dask, one OpenCV/torch thread per worker; a video whose frames
+are stored lossy is decoded again from its source in one task, which runs the same pieces in one
+pass of the decoder. Each task writes whole shards of a video's array under `<store>.partial/`; the
+array is published when all its tasks are done, so
 a killed run never leaves a partial array that looks finished, and a re-run skips videos whose flow
 fingerprint (frames + method + params) is unchanged.
 """
@@ -94,43 +96,48 @@ class FlowTask:
     source: Source | None = None  # lossy-stored frames: decode these instead
 
 
-def task_frames(task: FlowTask) -> np.ndarray:
-    """Frames start..stop of the task: from the store, or decoded from the source video."""
+def task_windows(task: FlowTask) -> Iterator[tuple[int, np.ndarray]]:
+    """(first pair, frames) of each run of at most `pairs_per_task` pairs of the task, the estimator
+    starting afresh on each: one run, read from the store; or, decoded again from the source video
+    (lossy-stored frames), every run of the video in one pass of the decoder, so a long video is
+    decoded once, not once per run."""
     if task.source is None:
-        return store.open_frames(task.store, task.video_id)[task.start : task.stop + 1]
-    source, parts, seen = task.source, [], 0
+        yield task.start, store.open_frames(task.store, task.video_id)[task.start : task.stop + 1]
+        return
+    source, step = task.source, task.params.pairs_per_task
     width, height = source.decoded_size
+    pending, first, seen = [], task.start, 0  # frames of the run being gathered, from frame `first`
     for block in iter_frame_blocks(source.path, source.spec, source_width=width, source_height=height):
-        if seen + len(block) > task.start:
-            parts.append(block[max(task.start - seen, 0) : task.stop + 1 - seen])
+        pending.append(block[max(first - seen, 0) : task.stop + 1 - seen])
         seen += len(block)
-        if seen > task.stop:
-            break
-    frames = np.concatenate(parts) if parts else np.zeros((0, height, width, 3), np.uint8)
-    if len(frames) != task.stop + 1 - task.start:
-        raise DecodeError(f"{task.relpath}: decoding it again gave {seen} frames, fewer than the store's; re-run the decode stage")
-    return frames
+        while seen > min(first + step, task.stop) and first < task.stop:
+            frames = np.concatenate(pending)
+            end = min(first + step, task.stop)
+            yield first, frames[: end + 1 - first]
+            pending, first = [frames[end - first :]], end  # the run's last frame is the next one's first
+        if first >= task.stop:
+            return
+    raise DecodeError(f"{task.relpath}: decoding it again gave {seen} frames, fewer than the store's; re-run the decode stage")
 
 
 def flow_task(task: FlowTask) -> dict[str, Any]:
     """Flow for pairs [start, stop) of one video, written into its partial array; returns the stats.
     Frames the estimator cannot use give {"error": message} instead of raising."""
+    flat, stats = 0, {name: [] for name in STAT_NAMES}
     try:
-        frames = task_frames(task)
-    except (store.CorruptChunkError, DecodeError) as exc:
+        for start, frames in task_windows(task):
+            flat += int((np.ptp(frames.reshape(len(frames), -1), axis=1) == 0).sum())
+            flow = _estimator(task.params).estimate(np.asarray(frames))
+            if not np.isfinite(flow).all():
+                return {"task": task, "error": "the estimator returned NaN or infinite flow"}
+            precision = task.params.precision
+            stored = flow.astype(layout.FLOW_DTYPE) if precision is None else codecs.to_fixed(flow, precision)
+            store.open_partial(task.partial)[start : start + len(flow)] = stored
+            for name, values in flow_stats(flow, task.params.moving_threshold).items():
+                stats[name].extend(values.tolist())
+    except (store.CorruptChunkError, DecodeError, FlowError) as exc:
         return {"task": task, "error": str(exc)}
-    flat = int((np.ptp(frames.reshape(len(frames), -1), axis=1) == 0).sum())
-    try:
-        flow = _estimator(task.params).estimate(np.asarray(frames))
-    except FlowError as exc:
-        return {"task": task, "error": str(exc)}
-    if not np.isfinite(flow).all():
-        return {"task": task, "error": "the estimator returned NaN or infinite flow"}
-    precision = task.params.precision
-    stored = flow.astype(layout.FLOW_DTYPE) if precision is None else codecs.to_fixed(flow, precision)
-    store.open_partial(task.partial)[task.start : task.stop] = stored
-    stats = flow_stats(flow, task.params.moving_threshold)
-    return {"task": task, "flat_frames": flat, "stats": {name: values.tolist() for name, values in stats.items()}}
+    return {"task": task, "flat_frames": flat, "stats": stats}
 
 
 def _stats_rows(video_id: str, stats: dict[str, list[float]]) -> list[dict[str, Any]]:
@@ -227,7 +234,7 @@ def run(
     # Built here first so that a problem (missing RAFT weights) stops the run before any work.
     estimator_info = make_estimator(params).describe() if tasks else None
     results = map_progress(flow_task, tasks, scheduler=scheduler, workers=workers, desc="extract-flow", unit="pair",
-                           weight=lambda task: task.stop - task.start)  # fmt: skip
+                           weight=lambda task: task.stop - task.start, noun="tasks")  # fmt: skip
     for result in results:
         task: FlowTask = result["task"]
         video = pending[task.video_id]
@@ -291,9 +298,12 @@ def _plan(row: dict[str, Any], params: FlowParams, store_path: str, group: str, 
         chunks=(params.chunk_frames, height, width, 2), shards=(params.shard_frames, height, width, 2), axes=layout.FLOW_AXES,
         codec_chain=codecs.flow_codecs(params.precision),
     )  # fmt: skip
+    # Frames decoded again from the source: one task runs them all, as the decoder reads from the
+    # start (a task per run would decode a long video once per run).
+    step = params.pairs_per_task if source is None else pairs
     return [
-        FlowTask(row["video_id"], row["relpath"], store_path, str(partial), start, min(start + params.pairs_per_task, pairs), params, source)
-        for start in range(0, pairs, params.pairs_per_task)
+        FlowTask(row["video_id"], row["relpath"], store_path, str(partial), start, min(start + step, pairs), params, source)
+        for start in range(0, pairs, step)
     ]
 
 

@@ -42,10 +42,11 @@ def write(root, name, frames, **kw):
 
 
 @pytest.mark.parametrize("codec", ["jpeg", "jpegxl", "avif", "webp"])
-def test_image_codecs_store_one_frame_per_chunk_close_to_the_original(tmp_path, codec):
+def test_image_codecs_store_frames_close_to_the_original(tmp_path, codec):
     frames = demo_frames()
     array = write(tmp_path, "v", frames, codec=codec, quality=90)
-    assert array.chunks == (1, 64, 80, 3) and array.shards == (8, 64, 80, 3)
+    # JPEG (4:4:4) keeps chunk_frames frames in one image; the others one frame per chunk.
+    assert array.chunks == (4 if codec == "jpeg" else 1, 64, 80, 3) and array.shards == (8, 64, 80, 3)
     back = array[:]
     assert back.dtype == np.uint8 and back.shape == frames.shape
     assert psnr(back, frames) > 30
@@ -65,12 +66,48 @@ def test_a_plain_zarr_reader_decodes_jpeg_frames_through_the_entry_point(tmp_pat
     assert out.split() == ["uint8", "(12,", "64,", "80,", "3)", "True"]
 
 
-def test_the_image_codec_refuses_several_frames_per_chunk(tmp_path):
-    with pytest.raises(ValueError, match="one frame per chunk"):
-        zarr.create_array(store=str(tmp_path / "a"), shape=(4, 8, 8, 3), dtype="uint8", chunks=(2, 8, 8, 3),
-                          serializer=codecs.ImageCodec(format="jpeg", level=90), zarr_format=3)  # fmt: skip
+@pytest.mark.parametrize("height", [64, 61])
+def test_frames_sharing_a_jpeg_chunk_decode_exactly_as_each_frame_alone(tmp_path, height):
+    """A chunk of k frames is one 4:4:4 JPEG of them stacked, each padded to whole 8-row blocks: no
+    frame's pixels depend on its neighbours', whatever the height, in full and partial chunks."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+    frames = np.ascontiguousarray(demo_frames(10)[:, :height])
+    array = write(tmp_path, "v", frames, codec="jpeg", quality=90)  # chunks of 4: the last holds 2 frames
+    alone = [imagecodecs.jpeg8_decode(imagecodecs.jpeg8_encode(frame, level=90, subsampling="444")) for frame in frames]
+    assert np.array_equal(array[:], np.stack(alone))
+    assert np.array_equal(array[5], alone[5]) and np.array_equal(array[8:10], np.stack(alone[8:10]))
+    config = store.array_meta(tmp_path, layout.FRAMES_GROUP, "v")["codecs"][0]["configuration"]["codecs"][0]
+    assert config == {"name": "mscl.image", "configuration": {"format": "jpeg", "level": 90, "subsampling": "444"}}
+
+
+def test_jpeg_stores_written_before_multi_frame_chunks_still_read(tmp_path):
+    """One 4:2:0 frame per chunk, and no subsampling in the codec's configuration: as issue 12's first stores."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+    frames = demo_frames(6)
+    old = zarr.create_array(store=str(tmp_path / "frames" / "v"), shape=frames.shape, dtype="uint8", chunks=(1, 64, 80, 3),
+                            serializer=codecs.ImageCodec(format="jpeg", level=95), zarr_format=3)  # fmt: skip
+    old[:] = frames
+    config = store.array_meta(tmp_path, layout.FRAMES_GROUP, "v")["codecs"][0]["configuration"]
+    assert config == {"format": "jpeg", "level": 95}
+    alone = [imagecodecs.jpeg8_decode(imagecodecs.jpeg8_encode(frame, level=95)) for frame in frames]
+    assert np.array_equal(zarr.open_array(str(tmp_path / "frames" / "v"), mode="r")[:], np.stack(alone))
+
+
+def test_the_image_codec_refuses_frames_that_would_depend_on_each_other(tmp_path):
+    def create(chunks, codec):
+        zarr.create_array(store=str(tmp_path / "a"), shape=(4, *chunks[1:]), dtype="uint8", chunks=chunks, serializer=codec,
+                          zarr_format=3, overwrite=True)  # fmt: skip
+    for codec in (codecs.ImageCodec(format="jpeg", level=90), codecs.ImageCodec(format="jpeg", level=90, subsampling="420"),
+                  codecs.ImageCodec(format="webp", level=90)):  # fmt: skip
+        with pytest.raises(ValueError, match="one frame per chunk"):  # chroma filters and other formats reach across rows
+            create((2, 8, 8, 3), codec)
+    create((2, 8, 8, 3), codecs.ImageCodec(format="jpeg", level=90, subsampling="444"))
+    with pytest.raises(ValueError, match="taller than JPEG's 65500 rows"):
+        create((4, 20000, 8, 3), codecs.ImageCodec(format="jpeg", level=90, subsampling="444"))
     with pytest.raises(ValueError, match="expected one of"):
         codecs.ImageCodec(format="gif")
+    with pytest.raises(ValueError, match="JPEG only"):
+        codecs.ImageCodec(format="webp", subsampling="444")
 
 
 def write_fixed_flow(root, name, flow, precision=1 / 32):
@@ -95,6 +132,13 @@ def test_fixed_point_flow_reads_as_float16_within_half_its_precision(tmp_path):
     inner = meta["codecs"][0]["configuration"]["codecs"]
     assert [codec["name"] for codec in inner] == ["bytes", "blosc", "crc32c"]  # all in the Zarr v3 specification
     assert inner[1]["configuration"]["shuffle"] == "bitshuffle"
+
+
+@pytest.mark.parametrize("precision", [1 / 32, 1 / 10])
+def test_fixed_point_reads_every_int16_as_numpy_would_round_it(precision):
+    steps = np.arange(-32768, 32768, dtype=np.int16)
+    expected = (steps.astype(np.float32) * np.float32(precision)).astype(np.float16)
+    assert np.array_equal(codecs.from_fixed(steps, precision), expected)  # torch's cast, the same rounding
 
 
 def test_fixed_point_keeps_int16_range():
@@ -255,6 +299,27 @@ def test_flow_of_lossy_frames_is_computed_from_the_source_and_survives_a_codec_c
     assert tree_bytes(fresh / "flow") == tree_bytes(fixture_flowed / "store.zarr" / "flow")
     without = flow_stage.run(FlowParams(method="dis"), tmp_path / "decode", fresh, tmp_path / "fresh_flow", scheduler="sync")
     assert without.counts["computed"] == flowed and "stored lossy" in without.text()  # from the JPEG frames: other flow
+
+
+def test_a_long_video_decoded_again_is_decoded_once_and_gives_the_flow_of_stored_frames(fixture_flowed, tmp_path, monkeypatch):
+    """Runs of `pairs_per_task` pairs, the estimator fresh on each: from lossy frames, one pass of the
+    decoder per video gives the bytes (and stats) that tasks of stored lossless frames give."""
+    params = FlowParams(method="dis", pairs_per_task=8, chunk_frames=4, shard_frames=8)
+    lossless = tmp_path / "lossless.zarr"
+    shutil.copytree(fixture_flowed / "store.zarr" / "frames", lossless / "frames")
+    shutil.copy(fixture_flowed / "store.zarr" / "zarr.json", lossless / "zarr.json")
+    reference = flow_stage.run(params, fixture_flowed / "decode", lossless, tmp_path / "reference", scheduler="sync")
+    jpeg = tmp_path / "jpeg.zarr"
+    decode_stage.run(DecodeParams(codec="jpeg"), fixture_flowed / "manifest", FIXTURES, jpeg, tmp_path / "decode", scheduler="sync")
+    passes = []
+    real = flow_stage.iter_frame_blocks
+    monkeypatch.setattr(flow_stage, "iter_frame_blocks", lambda path, *a, **kw: passes.append(path) or real(path, *a, **kw))
+    summary = flow_stage.run(params, tmp_path / "decode", jpeg, tmp_path / "flow", scheduler="sync", videos_root=FIXTURES)
+    assert summary.counts["computed"] == reference.counts["computed"] == len(passes) == len(set(passes))
+    lengths = [row["num_frames"] for row in read_table(tmp_path / "decode" / "decoded.parquet").to_pylist()]
+    assert max(lengths) > 3 * params.pairs_per_task  # several runs per video
+    assert tree_bytes(jpeg / "flow") == tree_bytes(lossless / "flow")
+    assert (tmp_path / "flow" / "stats.parquet").read_bytes() == (tmp_path / "reference" / "stats.parquet").read_bytes()
 
 
 def test_scores_on_the_flow_grid_are_the_same_from_float16_and_fixed_point_flow(fixture_flowed, tmp_path):
