@@ -8,7 +8,8 @@ over several seeds, on the demo or on a held-out variant of it.
 A variant (`bench/variants/<name>.yaml`, or a path) overrides params the way `--set` does; its data
 (make_demo, probe, decode, flow, sample) is built with the stages' own code under
 `--out/<variant>/data`, resumably; so is the demo's when `--set` changes a param of those stages
-(under `--out/params_data/data`: the data `dvc repro` built do not follow it). For each seed (train.seed and dataset.seed both set to it) the
+(under `--out/params_data-<key>/data`, keyed by those settings: the data `dvc repro` built do not
+follow them; a variant with such a --set likewise builds under `--out/<variant>-<key>/data`). For each seed (train.seed and dataset.seed both set to it) the
 train stage trains MSCL and the RGB-only baseline, and the evaluate stage scores them, random
 weights, MSCL's flow encoder on the flow and a non-learned motion descriptor. Runs are kept under
 `--out/<variant>/`, keyed by the params each depends on (the RGB-only baseline's by fewer, so an
@@ -244,14 +245,18 @@ def main() -> None:
     if len(args.seeds) < 3:
         print("note: fewer than 3 seeds; a mean +- std needs at least 3 to mean anything", file=sys.stderr)
     raw = yaml.safe_load(args.params.read_text())
+    # A --set of a data stage's param gets data of its own, in a folder named by those settings, so two
+    # such runs (or one and the variant's plain data) never rebuild each other's data in place.
+    data_sets = sorted(item for item in args.overrides if item.split(".", 1)[0] in DATA_SECTIONS)
+    suffix = "-" + hashlib.sha256("\n".join(data_sets).encode()).hexdigest()[:8] if data_sets else ""
     name = "params"
     if args.variant:
         path = variant_file(args.variant)
-        name = path.stem
+        name = path.stem + suffix
         raw = variant_data(merge(raw, yaml.safe_load(path.read_text()) or {}), args.out / name / "data")
-    if not args.variant and any(item.split(".", 1)[0] in DATA_SECTIONS for item in args.overrides):
+    elif data_sets:
         # The data `dvc repro` built do not follow a --set of their params: build them afresh instead.
-        name = "params_data"
+        name = "params_data" + suffix
         raw = variant_data(raw, args.out / name / "data")
     raw = with_overrides(raw, args.overrides)
     params = validate(Params, raw, source=f"{args.params} + {args.variant or 'no variant'} + --set")
