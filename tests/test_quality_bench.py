@@ -57,3 +57,10 @@ def test_quality_bench_on_a_tiny_variant(tmp_path):
     runs = sorted(p.name.split("-")[0] for p in (out / "tiny" / "train").iterdir())
     assert runs == ["mscl"] * 4 + ["rgb_only"] * 2
     assert ablation["video_R@1"]["rgb_only"] == block["rgb_only"]
+    # A data param in --set builds data of its own, in a folder keyed by it; the variant's stay as they were.
+    stamp = (out / "tiny" / "data" / "built.json").read_bytes()
+    quality(variant, out, "--set", "sample.stride=1")
+    folders = sorted(p.name for p in out.iterdir())
+    assert len(folders) == 2 and folders[0] == "tiny" and folders[1].startswith("tiny-")
+    assert json.loads((out / folders[1] / "data" / "built.json").read_text())["sample"]["stride"] == 1
+    assert (out / "tiny" / "data" / "built.json").read_bytes() == stamp
