@@ -62,7 +62,8 @@ def score_video(task: ScoreTask) -> dict[str, Any]:
         stop = min(start + BLOCK_FRAMES, n)
         try:
             block = flow[start : min(stop + 1, n)]
-            if task.grid is not None:  # exactly the values a fixed-point store at this grid holds
+            # Exactly the values a fixed-point store at this grid holds (a store at the grid holds them already).
+            if task.grid is not None and flow.scale != task.grid:
                 block = codecs.from_fixed(codecs.to_fixed(block, task.grid), task.grid)
             block = np.asarray(block, np.float32)
             scores = frame_scores(block, block=task.block, noise_floor=task.noise_floor, convention=task.convention)
