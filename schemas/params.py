@@ -34,7 +34,8 @@ class DataParams(Section):
     sample: str = "data/sample"
     train: str = "data/train"
     evaluate: str = "data/evaluate"
-    labels: str = Field("data/demo/labels.parquet", description="class of each video (relpath, label): what evaluation scores")
+    labels: str = Field("data/demo/labels.parquet", description="class of each video: a table (relpath, label), or UCF101's "
+                        "or HMDB51's split folder (pipeline/splits.py): what evaluation scores")
 
 
 # The object motions the demo can make (pipeline/synth.py). Under a horizontal flip each class maps
@@ -420,7 +421,9 @@ class EvaluateParams(Section):
     clips_per_video: int = Field(8, ge=1, description="evenly spaced clips per video")
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50], description="R@k")
     knn: int = Field(5, ge=1, description="neighbours of the kNN probe")
-    gallery_share: float = Field(0.5, gt=0, lt=1, description="share of each class's videos in the gallery (train) split")
+    gallery_share: float = Field(0.5, gt=0, lt=1, description="share of each class's videos in the gallery (train) split, "
+                                 "when data.labels gives no split")
+    split: int = Field(1, ge=1, le=3, description="which of a dataset's official splits data.labels reads (UCF101, HMDB51: 1-3)")
     batch_size: int = Field(32, ge=1)
     diagnostics: bool = Field(True, description="also score MSCL's flow encoder on the flow, and a non-learned motion descriptor")
 

@@ -3,10 +3,12 @@ video retrieval (the headline, as the paper reports it), clip retrieval and a kN
 labelled videos (../shared/MSCL.md, section 5).
 
 Every encoder sees the same clips (evenly spaced per video, resized and centre-cropped to the
-training crop size); a video's feature is the mean of its clips'. Videos are split by a stable hash
-of their group within each class into a gallery (train) and a query (test) split: the labels
-table's `group` column where it has one, else UCF101's groups read from the names (one group per
-video for other names). Writes metrics.json (DVC metrics), named by model, and the margins of MSCL
+training crop size); a video's feature is the mean of its clips'. `data.labels` is a labels table or
+a dataset's own split lists (pipeline/splits.py: UCF101, HMDB51; `evaluate.split` picks N). With
+a split, its train videos are the gallery and its test videos the queries; without, videos are
+split by a stable hash of their group within each class: the labels table's `group` column where
+it has one, else UCF101's groups read from the names (one group per video for other names).
+Listed videos that were not decoded are counted and named (the first few) in the summary. Writes metrics.json (DVC metrics), named by model, and the margins of MSCL
 over each baseline.
 
 With `evaluate.diagnostics`, two more blocks say where a weak result comes from: the retrieval of
@@ -29,6 +31,7 @@ from pipeline.evaluation import (centre_clip, centre_flow_clip, clip_starts, def
                                  retrieval_recall, split_videos)  # fmt: skip
 from pipeline.models import exported_module, flow_backbone, rgb_backbone
 from pipeline.mscl import flow_encoder_input
+from pipeline.splits import match_videos, read_labels
 from pipeline.store import open_flow, open_frames
 from pipeline.tables import atomic_write_bytes, read_table
 from schemas.params import Params
@@ -118,21 +121,30 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
         out: str | Path) -> Summary:  # fmt: skip
     summary = Summary("evaluate")
     e, clip_len, stride = params.evaluate, params.sample.clip_len, params.sample.stride
-    labels = read_table(labels_path).to_pandas()
-    if not {"relpath", "label"} <= set(labels.columns):
-        raise ValueError(f"{labels_path}: a labels table needs the columns relpath and label")
     decoded = read_table(Path(decode_dir) / "decoded.parquet", DECODED).to_pandas()
-    columns = ["relpath", "label"] + (["group"] if "group" in labels.columns else [])
-    videos = decoded.merge(labels[columns], on="relpath").sort_values("relpath").reset_index(drop=True)
+    matched = match_videos(read_labels(labels_path, e.split), list(decoded.relpath))
+    if matched.report():
+        summary.notes.append(f"{labels_path}: {matched.report()}")
+        summary.add("listed videos not found", len(matched.missing))
+    videos = decoded.merge(matched.table, on="relpath").sort_values("relpath").reset_index(drop=True)
+    official = videos.split.notna()
+    if official.any():  # the dataset's own split: train is the gallery, test the queries
+        if not official.all():
+            summary.notes.append(f"{labels_path}: {int((~official).sum())} labelled videos in neither split, left out")
+        videos = videos[official].reset_index(drop=True)
     summary.add("labelled videos", len(videos))
     if len(videos) < 2 or videos.label.nunique() < 2:
         raise ValueError(f"{labels_path}: evaluation needs at least two labelled, decoded videos of two classes")
-    given = videos["group"] if "group" in videos.columns else [None] * len(videos)
-    groups = [str(g) if isinstance(g, str) and g else default_group(path) for g, path in zip(given, videos.relpath, strict=True)]
-    gallery_video = split_videos(list(videos.relpath), list(videos.label), e.gallery_share, groups)
+    if official.any():
+        gallery_video = np.array(videos.split == "train", dtype=bool)  # a writable copy: torch indexes with it
+        if gallery_video.all() or not gallery_video.any():
+            raise ValueError(f"{labels_path}: split {e.split} puts every matched video on one side; evaluation needs both")
+    else:
+        groups = [str(g) if isinstance(g, str) and g else default_group(path) for g, path in zip(videos.group, videos.relpath, strict=True)]
+        gallery_video = split_videos(list(videos.relpath), list(videos.label), e.gallery_share, groups)
+        summary.add("groups", len(set(groups)))
     summary.add("gallery videos", int(gallery_video.sum()))
     summary.add("query videos", int((~gallery_video).sum()))
-    summary.add("groups", len(set(groups)))
 
     clips, clip_video = [], []
     for i, row in tqdm(list(videos.iterrows()), desc="evaluate: clips", unit="video"):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline.evaluation import centre_flow_clip, clip_starts, default_group, knn_accuracy, motion_histogram, retrieval_recall, split_videos
+from pipeline.tables import read_table
 from pipeline.trainer import train
 from schemas.params import DatasetParams, FlowParams, Params, TrainParams
 from stages import evaluate as evaluate_stage
@@ -133,6 +134,20 @@ def test_evaluate_stage_scores_every_model_on_the_demo(demo_sampled, tmp_path):
     assert metrics["margin"]["mscl_vs_random_R@1"] == pytest.approx(metrics["mscl"]["R@1"] - metrics["random"]["R@1"])
     assert summary.counts["labelled videos"] == 12 and summary.counts["query clips"] == 6 * 8
     assert summary.counts["query videos"] == summary.counts["gallery videos"] == 6
+    # The dataset's own split lists as labels: train is the gallery, test the queries, and a listed
+    # video that was not decoded is named, not fatal.
+    labels = read_table(demo_sampled / "demo" / "labels.parquet").to_pylist()
+    classes = sorted({row["label"] for row in labels})
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_bytes("".join(f"{i} {name}\r\n" for i, name in enumerate(classes, 1)).encode())
+    train_rows, test_rows = labels[::2], labels[1::2]
+    (lists / "trainlist01.txt").write_text("".join(f"{r['relpath']} {classes.index(r['label']) + 1}\n" for r in train_rows)
+                                           + f"{classes[0]}/gone.mp4 1\n")  # fmt: skip
+    (lists / "testlist01.txt").write_text("".join(f"{r['relpath']}\n" for r in test_rows + test_rows[:1]))  # one listed twice
+    official = evaluate_stage.run(params, tmp_path / "train", lists, demo_sampled / "decode", demo_sampled / "store.zarr", tmp_path / "eval3")
+    assert official.counts["gallery videos"] == len(train_rows) and official.counts["query videos"] == len(test_rows)
+    assert official.counts["listed videos not found"] == 1 and f"{classes[0]}/gone.mp4" in official.text()
     # Trained weights differ from random ones, so their features and scores are their own.
     with pytest.raises(FileNotFoundError, match="train --method mscl"):
         evaluate_stage.run(params, tmp_path / "nowhere", demo_sampled / "demo" / "labels.parquet", demo_sampled / "decode",
