@@ -16,8 +16,8 @@ weights, MSCL's flow encoder on the flow and a non-learned motion descriptor. Ru
 MSCL ablation reuses it), so a repeated command only prints.
 
 Prints one JSON object, also written to quality.json beside the runs, with a plot (losses.png):
-per seed and as mean +- std, video-level R@1 (the headline), kNN top-1 and clip-level R@1 of each
-model, the paired per-seed margins of MSCL over each baseline, the diagnostics, and each loss's
+per seed and as mean +- std, video-level R@1 (the headline), kNN top-1, clip-level R@1 and the
+linear probe's top-1 (`linear_probe_top1`, with `evaluate.linear_probe`) of each model, the paired per-seed margins of MSCL over each baseline, the diagnostics, and each loss's
 last-epoch value against its chance value.
 """
 
@@ -152,7 +152,8 @@ def run_seed(params: Params, root: Path) -> tuple[dict[str, Any], dict[str, Path
             started = time.perf_counter()
             print(train_stage.run(params, method, Path(d.sample) / "clips.parquet", d.store, out).text(), file=sys.stderr)
             (out / "seconds").write_text(f"{time.perf_counter() - started:.1f}\n")
-    evaluation = root / "eval" / run_key(params)
+    scoring = hashlib.sha256(json.dumps(params.evaluate.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:8]
+    evaluation = root / "eval" / f"{run_key(params)}-{scoring}"  # re-scored when evaluate's params change
     if not (evaluation / "metrics.json").is_file():
         (evaluation / "train").mkdir(parents=True, exist_ok=True)
         for method, out in trained.items():  # the layout the evaluate stage reads: train/<method>/
@@ -173,10 +174,12 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean +- std per model and metric, and MSCL's paired margins over each baseline."""
 
     def values(block: str, metric: str) -> list[float]:
-        return [m[block]["clip"]["R@1"] if metric == "clip_R@1" else m[block][metric] for m in per_seed.values()]
+        where = {"clip_R@1": ("clip", "R@1"), "linear_probe_top1": ("linear_probe", "top1")}
+        return [m[block][where[metric][0]][where[metric][1]] if metric in where else m[block][metric] for m in per_seed.values()]
 
     result: dict[str, Any] = {}
-    for metric in ("R@1", "knn_top1", "clip_R@1"):
+    probe = all("linear_probe" in m[model] for m in per_seed.values() for model in MODELS)
+    for metric in ("R@1", "knn_top1", "clip_R@1") + (("linear_probe_top1",) if probe else ()):
         block: dict[str, Any] = {model: {**mean_std(values(model, metric)), "per_seed": values(model, metric)} for model in MODELS}
         for baseline in ("rgb_only", "random"):
             margins = [round(a - b, 2) for a, b in zip(values("mscl", metric), values(baseline, metric), strict=True)]

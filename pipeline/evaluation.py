@@ -139,3 +139,81 @@ def knn_accuracy(query: torch.Tensor, query_labels: np.ndarray, gallery: torch.T
             votes[gallery_labels[index]] += 1 + 1e-6 * float(value)  # count first, similarity breaks ties
         correct += votes.most_common(1)[0][0] == query_labels[row]
     return round(100.0 * correct / len(query_labels), 2)
+
+
+def video_topk(clip_scores: torch.Tensor, clip_video: np.ndarray, video_labels: np.ndarray, classes: list[str],
+               ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:  # fmt: skip
+    """Top-k accuracy in percent of videos whose clip scores (softmax) are averaged: the paper's
+    action-recognition protocol. A video of a class the classifier never saw counts as wrong."""
+    probs = torch.softmax(clip_scores.double(), dim=1)
+    index = {name: i for i, name in enumerate(classes)}
+    out = {}
+    videos = sorted(set(clip_video.tolist()))
+    mean = torch.stack([probs[clip_video == v].mean(0) for v in videos])
+    truth = torch.tensor([index.get(video_labels[v], -1) for v in videos])
+    for k in ks:
+        top = torch.topk(mean, min(k, len(classes)), dim=1).indices
+        out[f"top{k}"] = round(100.0 * float((top == truth[:, None]).any(1).double().mean()), 2)
+    return out
+
+
+def linear_probe(train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, l2: float, steps: int) -> tuple[torch.Tensor, list[str]]:
+    """A linear classifier on frozen features: multinomial logistic regression on the train clips'
+    features (standardised with the train clips' mean and spread), with an L2 penalty `l2` on the
+    weights, fitted by full-batch L-BFGS for at most `steps` iterations (deterministic: no
+    minibatches, no random init). Returns the test clips' class scores and the class names."""
+    classes = sorted(set(train_labels.tolist()))
+    target = torch.tensor([classes.index(label) for label in train_labels])
+    mean, std = train.mean(0, keepdim=True), train.std(0, keepdim=True).clamp_min(1e-6)
+    x, x_test = ((train - mean) / std).double(), ((test - mean) / std).double()
+    weight = torch.zeros(x.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9)
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = F.cross_entropy(x @ weight + bias, target) + l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        return (x_test @ weight + bias).float(), classes
+
+
+def finetune(backbone: torch.nn.Module, clips: list[torch.Tensor], labels: np.ndarray, test: list[torch.Tensor], *, epochs: int,
+             lr: float, batch_size: int, seed: int, device: str = "auto") -> tuple[torch.Tensor, list[str]]:  # fmt: skip
+    """The encoder and a linear head trained end to end on the train clips (SGD with momentum,
+    cosine-annealed, clips flipped at random), for users with a GPU (`device` auto takes CUDA when
+    there is one). Returns the test clips' class scores and the class names. Changes `backbone`."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    classes = sorted(set(labels.tolist()))
+    target = torch.tensor([classes.index(label) for label in labels])
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    width = backbone.widths[-1]
+    model = torch.nn.ModuleDict({"backbone": backbone, "head": torch.nn.Linear(width, len(classes))}).to(device)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return model["head"](model["backbone"].stages(batch.to(device))[-1].mean(dim=(2, 3, 4)))
+
+    steps = epochs * -(-len(clips) // batch_size)
+    optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(clips), generator=generator)
+        for i in range(0, len(clips), batch_size):
+            chosen = order[i : i + batch_size]
+            batch = torch.stack([clips[j] for j in chosen.tolist()])
+            flip = torch.rand(len(batch), generator=generator) < 0.5
+            batch[flip] = batch[flip].flip(-1)
+            loss = F.cross_entropy(forward(batch), target[chosen].to(device))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    model.eval()
+    with torch.no_grad():
+        scores = [forward(torch.stack(test[i : i + batch_size])).float().cpu() for i in range(0, len(test), batch_size)]
+    return torch.cat(scores), classes

@@ -424,6 +424,13 @@ class EvaluateParams(Section):
     gallery_share: float = Field(0.5, gt=0, lt=1, description="share of each class's videos in the gallery (train) split, "
                                  "when data.labels gives no split")
     split: int = Field(1, ge=1, le=3, description="which of a dataset's official splits data.labels reads (UCF101, HMDB51: 1-3)")
+    linear_probe: bool = Field(True, description="action recognition: a linear classifier on the frozen encoder's train-clip "
+                               "features, top-1/top-5 on test videos with clip scores averaged")
+    probe_l2: float = Field(1e-3, ge=0, description="linear probe: L2 penalty on the weights (features standardised)")
+    probe_steps: int = Field(200, ge=1, description="linear probe: L-BFGS iterations at most")
+    finetune: bool = Field(False, description="also fine-tune each encoder end to end with a linear head (for a GPU)")
+    finetune_epochs: int = Field(10, ge=1)
+    finetune_lr: float = Field(0.01, gt=0)
     batch_size: int = Field(32, ge=1)
     diagnostics: bool = Field(True, description="also score MSCL's flow encoder on the flow, and a non-learned motion descriptor")
 

@@ -1,6 +1,9 @@
 """Evaluate stage: the RGB encoders of MSCL, of the RGB-only baseline, and with random weights, on
-video retrieval (the headline, as the paper reports it), clip retrieval and a kNN probe over the
-labelled videos (../shared/MSCL.md, section 5).
+the paper's two protocols over the labelled videos (../shared/MSCL.md, section 5): video retrieval
+(the headline: test videos query the train videos, R@k) and action recognition by a linear probe
+(a linear classifier on the frozen encoder's train-clip features; top-1/top-5 of the test videos,
+clip scores averaged), with `evaluate.finetune` a full fine-tune as well (for a GPU); also clip
+retrieval and a kNN probe.
 
 Every encoder sees the same clips (evenly spaced per video, resized and centre-cropped to the
 training crop size); a video's feature is the mean of its clips'. `data.labels` is a labels table or
@@ -27,8 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.evaluation import (centre_clip, centre_flow_clip, clip_starts, default_group, knn_accuracy, motion_histogram,
-                                 retrieval_recall, split_videos)  # fmt: skip
+from pipeline.evaluation import (centre_clip, centre_flow_clip, clip_starts, default_group, finetune, knn_accuracy, linear_probe,
+                                 motion_histogram, retrieval_recall, split_videos, video_topk)  # fmt: skip
 from pipeline.models import exported_module, flow_backbone, rgb_backbone
 from pipeline.mscl import flow_encoder_input
 from pipeline.splits import match_videos, read_labels
@@ -167,13 +170,29 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
         features = clip_features(load_encoder(params, weights), clips, e.batch_size)
         result = video_metrics(per_video(features, clip_video, len(videos)), video_labels, gallery_video, e.ks, e.knn)
         result["clip"] = retrieval_recall(features[~in_gallery], clip_labels[~in_gallery], features[in_gallery], clip_labels[in_gallery], e.ks)
-        metrics[name] = result
         line = "  ".join(f"{key} {value:5.1f}" for key, value in result.items() if key != "clip")
-        summary.notes.append(f"{name:>8}: videos {line}  |  clips R@1 {result['clip']['R@1']:5.1f}")
+        line += f"  |  clips R@1 {result['clip']['R@1']:5.1f}"
+        if e.linear_probe:
+            scores, classes = linear_probe(features[in_gallery], clip_labels[in_gallery], features[~in_gallery], e.probe_l2, e.probe_steps)
+            result["linear_probe"] = video_topk(scores, clip_video[~in_gallery], video_labels, classes)
+            line += f"  |  linear probe top-1 {result['linear_probe']['top1']:5.1f}"
+        if e.finetune:
+            train_clips = [clip for clip, inside in zip(clips, in_gallery, strict=True) if inside]
+            test_clips = [clip for clip, inside in zip(clips, in_gallery, strict=True) if not inside]
+            scores, classes = finetune(load_encoder(params, weights), train_clips, clip_labels[in_gallery], test_clips,
+                                       epochs=e.finetune_epochs, lr=e.finetune_lr, batch_size=e.batch_size, seed=params.train.seed)  # fmt: skip
+            result["finetune"] = video_topk(scores, clip_video[~in_gallery], video_labels, classes)
+            line += f"  |  fine-tuned top-1 {result['finetune']['top1']:5.1f}"
+        metrics[name] = result
+        summary.notes.append(f"{name:>8}: videos {line}")
     metrics["margin"] = {
         "mscl_vs_rgb_only_R@1": round(metrics["mscl"]["R@1"] - metrics["rgb_only"]["R@1"], 2),
         "mscl_vs_random_R@1": round(metrics["mscl"]["R@1"] - metrics["random"]["R@1"], 2),
     }
+    for protocol in ("linear_probe", "finetune"):
+        if protocol in metrics["mscl"]:
+            for other in ("rgb_only", "random"):
+                metrics["margin"][f"mscl_vs_{other}_{protocol}_top1"] = round(metrics["mscl"][protocol]["top1"] - metrics[other][protocol]["top1"], 2)
     if e.diagnostics:
         metrics["diagnostics"] = diagnostics(params, videos, Path(train_dir), store, gallery_video)
         for name, result in metrics["diagnostics"].items():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import centre_flow_clip, clip_starts, default_group, knn_accuracy, motion_histogram, retrieval_recall, split_videos
+from pipeline.evaluation import (centre_flow_clip, clip_starts, default_group, knn_accuracy, linear_probe, motion_histogram,
+                                 retrieval_recall, split_videos, video_topk)  # fmt: skip
 from pipeline.tables import read_table
 from pipeline.trainer import train
 from schemas.params import DatasetParams, FlowParams, Params, TrainParams
@@ -79,6 +80,30 @@ def test_a_group_never_straddles_the_split():
     assert default_group("Other/clip_01.mp4") == "Other/clip_01.mp4"
 
 
+def test_linear_probe_separates_separable_classes_and_not_noise():
+    rng = np.random.default_rng(0)
+    centres = {"a": 0.0, "b": 4.0, "c": 8.0}
+
+    def features(labels):
+        return torch.tensor(np.stack([rng.normal(centres[label], 1.0, 16) for label in labels]), dtype=torch.float32)
+
+    train_labels = np.array(["a", "b", "c"] * 20)
+    video_labels = np.array(["a", "b", "c"] * 7)[:20]  # 20 test videos of 3 clips each
+    clip_video = np.repeat(np.arange(20), 3)
+    scores, classes = linear_probe(features(train_labels), train_labels, features(video_labels[clip_video]), l2=1e-3, steps=100)
+    assert classes == ["a", "b", "c"] and scores.shape == (60, 3)
+    assert video_topk(scores, clip_video, video_labels, classes) == {"top1": 100.0, "top5": 100.0}
+    noise = torch.tensor(rng.normal(size=(60, 16)), dtype=torch.float32)
+    scores, classes = linear_probe(noise, train_labels, torch.tensor(rng.normal(size=(60, 16)), dtype=torch.float32), l2=1e-3, steps=100)
+    assert video_topk(scores, clip_video, video_labels, classes)["top1"] < 70
+
+
+def test_video_topk_averages_clip_scores_and_counts_unknown_classes_wrong():
+    scores = torch.tensor([[5.0, 0.0], [0.0, 1.0], [0.0, 5.0], [5.0, 0.0]])  # video 0: clips say a (strongly), b (weakly)
+    top = video_topk(scores, np.array([0, 0, 1, 2]), np.array(["a", "b", "zz"]), ["a", "b"])
+    assert top == {"top1": round(200 / 3, 2), "top5": round(200 / 3, 2)}  # video 2's class was never trained on
+
+
 def test_clip_starts_are_evenly_spaced_whole_clips():
     assert clip_starts(48, 8, 4, 4) == [0, 6, 13, 19]  # last start 48 - 1 - 28 = 19
     assert clip_starts(29, 8, 4, 4) == [0] and clip_starts(28, 8, 4, 4) == []
@@ -126,12 +151,17 @@ def test_evaluate_stage_scores_every_model_on_the_demo(demo_sampled, tmp_path):
     # The non-learned descriptor on the demo's exact motion classes: well above chance (1 in 6).
     assert diagnostics["motion_histogram"]["R@1"] > 50
     for name in ("mscl", "rgb_only", "random"):
-        assert set(metrics[name]) == {"R@1", "R@5", "R@10", "R@20", "R@50", "knn_top1", "clip"}
+        assert set(metrics[name]) == {"R@1", "R@5", "R@10", "R@20", "R@50", "knn_top1", "clip", "linear_probe"}
+        probe = metrics[name]["linear_probe"]
+        assert set(probe) == {"top1", "top5"} and 0 <= probe["top1"] <= probe["top5"] <= 100
+        assert abs(probe["top1"] * 6 / 100 - round(probe["top1"] * 6 / 100)) < 1e-3  # of 6 test videos
         assert metrics[name]["R@1"] <= metrics[name]["R@5"] <= metrics[name]["R@50"] == 100.0
         assert set(metrics[name]["clip"]) == {"R@1", "R@5", "R@10", "R@20", "R@50"}
         # Video level: 6 query videos, so every R@k is a multiple of 1/6.
         assert all(abs(value * 6 / 100 - round(value * 6 / 100)) < 1e-3 for key, value in metrics[name].items() if key.startswith("R@"))
     assert metrics["margin"]["mscl_vs_random_R@1"] == pytest.approx(metrics["mscl"]["R@1"] - metrics["random"]["R@1"])
+    top1 = {name: metrics[name]["linear_probe"]["top1"] for name in ("mscl", "rgb_only", "random")}
+    assert metrics["margin"]["mscl_vs_rgb_only_linear_probe_top1"] == pytest.approx(top1["mscl"] - top1["rgb_only"])
     assert summary.counts["labelled videos"] == 12 and summary.counts["query clips"] == 6 * 8
     assert summary.counts["query videos"] == summary.counts["gallery videos"] == 6
     # The dataset's own split lists as labels: train is the gallery, test the queries, and a listed
@@ -148,6 +178,15 @@ def test_evaluate_stage_scores_every_model_on_the_demo(demo_sampled, tmp_path):
     official = evaluate_stage.run(params, tmp_path / "train", lists, demo_sampled / "decode", demo_sampled / "store.zarr", tmp_path / "eval3")
     assert official.counts["gallery videos"] == len(train_rows) and official.counts["query videos"] == len(test_rows)
     assert official.counts["listed videos not found"] == 1 and f"{classes[0]}/gone.mp4" in official.text()
+    # The full fine-tune, a switch (for a GPU; one epoch here).
+    tuned = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"finetune": True, "finetune_epochs": 1,
+                                                                                     "diagnostics": False})})  # fmt: skip
+    evaluate_stage.run(tuned, tmp_path / "train", lists, demo_sampled / "decode", demo_sampled / "store.zarr", tmp_path / "eval4")
+    finetuned = json.loads((tmp_path / "eval4" / "metrics.json").read_text())
+    for name in ("mscl", "rgb_only", "random"):
+        assert 0 <= finetuned[name]["finetune"]["top1"] <= finetuned[name]["finetune"]["top5"] <= 100
+        assert finetuned[name]["linear_probe"] == json.loads((tmp_path / "eval3" / "metrics.json").read_text())[name]["linear_probe"]
+    assert "mscl_vs_random_finetune_top1" in finetuned["margin"]
     # Trained weights differ from random ones, so their features and scores are their own.
     with pytest.raises(FileNotFoundError, match="train --method mscl"):
         evaluate_stage.run(params, tmp_path / "nowhere", demo_sampled / "demo" / "labels.parquet", demo_sampled / "decode",

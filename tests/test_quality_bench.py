@@ -42,6 +42,7 @@ def test_quality_bench_on_a_tiny_variant(tmp_path):
     block = result["video_R@1"]
     for model in ("mscl", "rgb_only", "random"):
         assert len(block[model]["per_seed"]) == 2 and block[model]["mean"] == pytest.approx(sum(block[model]["per_seed"]) / 2, abs=0.01)
+    assert len(result["linear_probe_top1"]["mscl"]["per_seed"]) == 2  # the paper's second protocol, per seed too
     margins = block["mscl_minus_random"]["per_seed"]
     assert margins == pytest.approx([a - b for a, b in zip(block["mscl"]["per_seed"], block["random"]["per_seed"], strict=True)])
     assert block["mscl_minus_random"]["all_positive"] == all(m > 0 for m in margins)
