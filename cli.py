@@ -251,15 +251,35 @@ def train(
 def evaluate(
     params_file: Path = ParamsOpt,
     trained: Optional[Path] = typer.Option(None, help="folder of the train stage's outputs, one subfolder per method (default: data.train)"),
-    labels: Optional[Path] = typer.Option(None, help="labels table with relpath and label columns (default: data.labels)"),
+    labels: Optional[Path] = typer.Option(None, help="labels table (relpath, label), or UCF101's or HMDB51's split folder (default: data.labels)"),
     out: Optional[Path] = typer.Option(None, help="output folder for metrics.json (default: data.evaluate)"),
 ) -> None:
-    """Retrieval R@k and a kNN probe for MSCL, the RGB-only baseline and random weights (params: evaluate)."""
+    """Retrieval R@k, linear probe (and kNN) for MSCL, the RGB-only baseline and random weights (params: evaluate)."""
     from stages import evaluate as stage
 
     params = _setup(params_file)
     data = params.data
     _finish(stage.run(params, trained or data.train, labels or data.labels, data.decode, data.store, out or data.evaluate))
+
+
+@app.command("export-mmaction")
+def export_mmaction(
+    params_file: Path = ParamsOpt,
+    out: Path = typer.Option(Path("data/export/mmaction"), help="output folder for the annotation lists (and rawframes/)"),
+    rawframes: bool = typer.Option(False, "--rawframes", help="also write every frame of each video with a selected clip as JPEG files"),
+    flow: bool = typer.Option(False, "--flow", help="with --rawframes: also its flow as flow_x/flow_y JPEGs (8 bits over +-bound)"),
+    bound: float = typer.Option(20.0, min=0.1, help="px: the flow mapped onto 0..255 (denseflow's and mmaction2's 20)"),
+    quality: int = typer.Option(95, min=1, max=100, help="JPEG quality of the rawframes"),
+) -> None:
+    """MDS-selected clips as mmaction2 annotation lists (RawframeDataset, with_offset=True), optionally as a rawframes tree."""
+    from pipeline.interop import export_mmaction as export
+
+    params = _setup(params_file)
+    data = params.data
+    counts = export(data.sample, data.decode, data.labels, params.evaluate.split, data.store, out, rawframes=rawframes,
+                    flow_method=params.flow.method if flow else None, bound=bound, quality=quality)  # fmt: skip
+    typer.echo(f"export-mmaction: {counts['clips']} clips of {counts['videos']} videos, {counts['classes']} classes -> {out}"
+               + (f"; {counts['frames']} frames as rawframes" if "frames" in counts else ""), err=True)  # fmt: skip
 
 
 @app.command()

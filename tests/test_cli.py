@@ -27,6 +27,19 @@ def test_help_lists_every_option(command, options):
         assert option in result.output
 
 
+def test_export_mmaction_runs_on_the_params_data(demo_sampled, tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(sample=str(demo_sampled / "sample"), decode=str(demo_sampled / "decode"), store=str(demo_sampled / "store.zarr"),
+                       labels=str(demo_sampled / "demo" / "labels.parquet"))  # fmt: skip
+    raw["flow"]["method"] = "dis"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(cli.app, ["export-mmaction", "--params", str(params), "--out", str(tmp_path / "out"), "--rawframes", "--flow"])
+    assert result.exit_code == 0, result.output
+    assert "clips of 12 videos, 6 classes" in result.output and (tmp_path / "out" / "clips.txt").is_file()
+    assert len(list((tmp_path / "out" / "rawframes").iterdir())) == 12
+
+
 def test_doctor_reports_ffmpeg_and_libraries():
     result = runner.invoke(cli.app, ["doctor"])
     assert result.exit_code == 0, result.output

@@ -1,0 +1,105 @@
+"""mmaction2 interop: MDS-selected clips as RawframeDataset annotation lists (with the frames a
+sampler would read there), the rawframes tree with denseflow's 8-bit flow, and r3d_18 weights under
+mmaction2's ResNet3d names."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torchvision.models.video import r3d_18
+
+from pipeline.interop import dequantise_flow, export_mmaction, quantise_flow, r3d_18_to_mmaction
+from pipeline.store import open_flow, open_frames
+from pipeline.tables import read_table
+
+
+def mmaction_resnet3d_18_keys() -> dict[str, tuple[int, ...]]:
+    """The state dict of mmaction2's ResNet3d(depth=18, with_pool1=False, with_pool2=False,
+    temporal_strides=(1, 2, 2, 2), inflate=(1, 1, 1, 1)), written out from its source
+    (mmaction/models/backbones/resnet3d.py at 4d6c934): every conv a ConvModule (`conv`, and `bn`,
+    mmcv's name for a BatchNorm), blocks `layer{1-4}.{0,1}`, a downsample in the first block of
+    layers 2-4, no fc (the classifier is the head's)."""
+    keys: dict[str, tuple[int, ...]] = {}
+
+    def conv_module(name: str, cin: int, cout: int, kernel: tuple[int, int, int]) -> None:
+        keys[f"{name}.conv.weight"] = (cout, cin, *kernel)
+        for part in ("weight", "bias", "running_mean", "running_var"):
+            keys[f"{name}.bn.{part}"] = (cout,)
+        keys[f"{name}.bn.num_batches_tracked"] = ()
+
+    conv_module("conv1", 3, 64, (3, 7, 7))
+    cin = 64
+    for layer, planes in enumerate((64, 128, 256, 512), 1):
+        for block in (0, 1):
+            conv_module(f"layer{layer}.{block}.conv1", cin if block == 0 else planes, planes, (3, 3, 3))
+            conv_module(f"layer{layer}.{block}.conv2", planes, planes, (3, 3, 3))
+            if block == 0 and layer > 1:
+                conv_module(f"layer{layer}.{block}.downsample", cin, planes, (1, 1, 1))
+        cin = planes
+    return keys
+
+
+def test_r3d_18_weights_map_onto_mmaction2_resnet3d_names_and_shapes():
+    state = r3d_18(weights=None).state_dict()
+    mapped = r3d_18_to_mmaction(state)
+    expected = mmaction_resnet3d_18_keys()
+    assert set(mapped) == {f"backbone.{key}" for key in expected}
+    assert all(tuple(mapped[f"backbone.{key}"].shape) == shape for key, shape in expected.items())
+    assert torch.equal(mapped["backbone.layer3.0.downsample.conv.weight"], state["layer3.0.downsample.0.weight"])
+    assert set(r3d_18_to_mmaction(state, prefix="")) == set(expected)
+    with pytest.raises(KeyError, match="stages.0.weight: not a key of torchvision's r3d_18"):
+        r3d_18_to_mmaction({"stages.0.weight": torch.zeros(1)})
+
+
+def test_flow_quantises_as_denseflow_does():
+    flow = np.array([-25.0, -20.0, 0.0, 0.08, 19.9, 20.0, 31.0], np.float32)
+    image = quantise_flow(flow, 20.0)
+    assert image.tolist() == [0, 0, 128, 128, 254, 255, 255]  # cvRound(255 (v + 20) / 40), clipped
+    step = 40.0 / 255
+    inside = np.linspace(-20, 20, 1001, dtype=np.float32)
+    assert np.abs(dequantise_flow(quantise_flow(inside, 20.0), 20.0) - inside).max() <= step / 2 + 1e-5
+
+
+def test_export_lists_selected_clips_where_a_rawframe_sampler_reads_them(demo_sampled, tmp_path):
+    out = tmp_path / "mmaction"
+    counts = export_mmaction(demo_sampled / "sample", demo_sampled / "decode", demo_sampled / "demo" / "labels.parquet", 1,
+                             demo_sampled / "store.zarr", out, rawframes=True, flow_method="dis")  # fmt: skip
+    clips = read_table(demo_sampled / "sample" / "clips.parquet").to_pandas()
+    selected = clips[clips.selected & clips.complete]
+    lines = [line.split() for line in (out / "clips.txt").read_text().splitlines()]
+    assert counts["clips"] == len(lines) == len(selected) and counts["videos"] == selected.video_id.nunique()
+    classes = (out / "classes.txt").read_text().split()
+    labels = read_table(demo_sampled / "demo" / "labels.parquet").to_pandas().set_index("relpath").label
+    decoded = read_table(demo_sampled / "decode" / "decoded.parquet").to_pandas().set_index("video_id").relpath
+    clip_len, stride = int(selected.clip_len.iloc[0]), int(selected.stride.iloc[0])
+    video_id, offset, total, label = lines[len(lines) // 2]
+    assert (video_id, int(offset)) in set(zip(selected.video_id, selected.start))
+    assert int(total) == (clip_len - 1) * stride + 1 and classes[int(label)] == labels[decoded[video_id]]
+    # What mmaction2's RawFrameDecode reads for this line (file = start_index 1 + offset + index) is the clip.
+    folder = out / "rawframes" / video_id
+    frames = open_frames(demo_sampled / "store.zarr", video_id)[:].astype(int)
+    for j in range(clip_len):
+        index = 1 + int(offset) + j * stride
+        image = cv2.cvtColor(cv2.imread(str(folder / f"img_{index:05d}.jpg")), cv2.COLOR_BGR2RGB)
+        closest = np.abs(frames - image[None].astype(int)).mean(axis=(1, 2, 3)).argmin()  # JPEG: close, not equal
+        assert closest == int(offset) + j * stride
+    flow = open_flow(demo_sampled / "store.zarr", "dis", video_id)
+    assert len(list(folder.glob("flow_x_*.jpg"))) == len(list(folder.glob("flow_y_*.jpg"))) == len(flow)
+    x = cv2.imread(str(folder / f"flow_x_{int(offset) + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE)
+    assert np.abs(dequantise_flow(x, 20.0) - np.clip(flow[int(offset)][..., 0], -20, 20)).mean() < 0.5
+    assert not list((out / "rawframes").glob("*.partial"))
+
+
+def test_export_with_an_official_split_writes_train_and_test_lists(demo_sampled, tmp_path):
+    labels = read_table(demo_sampled / "demo" / "labels.parquet").to_pylist()
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    classes = sorted({row["label"] for row in labels})
+    (lists / "classInd.txt").write_text("".join(f"{i} {name}\n" for i, name in enumerate(classes, 1)))
+    (lists / "trainlist01.txt").write_text("".join(f"{r['relpath']} {classes.index(r['label']) + 1}\n" for r in labels[::2]))
+    (lists / "testlist01.txt").write_text("".join(f"{r['relpath']}\n" for r in labels[1::2]))
+    export_mmaction(demo_sampled / "sample", demo_sampled / "decode", lists, 1, demo_sampled / "store.zarr", tmp_path / "out")
+    train = (tmp_path / "out" / "train.txt").read_text().splitlines()
+    test = (tmp_path / "out" / "test.txt").read_text().splitlines()
+    assert train and test and not {line.split()[0] for line in train} & {line.split()[0] for line in test}
+    assert not (tmp_path / "out" / "rawframes").exists()
