@@ -262,6 +262,26 @@ def evaluate(
     _finish(stage.run(params, trained or data.train, labels or data.labels, data.decode, data.store, out or data.evaluate))
 
 
+@app.command("import-rawframes")
+def import_rawframes(
+    rawframes: Path = typer.Argument(..., help="root of an mmaction2/denseflow tree: <video>/img_00001.jpg, flow_x_00001.jpg, flow_y_00001.jpg"),
+    params_file: Path = ParamsOpt,
+    bound: float = typer.Option(20.0, min=0.1, help="px the flow images' 0..255 span as +-bound (mmaction2's tools: 20; denseflow's own default: 32)"),
+    flow: bool = typer.Option(True, "--flow/--no-flow", help="import the flow images too (else frames only; run extract-flow after)"),
+    fps: float = typer.Option(30.0, min=0.1, help="frame rate to record for the frames (rawframes carry none)"),
+    scheduler: Optional[str] = SchedulerOpt,
+    workers: Optional[int] = WorkersOpt,
+) -> None:
+    """Existing rawframes (and 8-bit flow) into the store as decode and extract-flow would write them (data.store, data.decode,
+    data.flow; flow under flow.method, marked imported), so sample, train and evaluate run on them unchanged."""
+    from pipeline.interop import import_rawframes as run
+
+    params = _setup(params_file)
+    data = params.data
+    _finish(run(rawframes, data.store, data.decode, data.flow, params.decode, params.flow, bound=bound if flow else None, fps=fps,
+                scheduler=scheduler, workers=workers))  # fmt: skip
+
+
 @app.command("export-mmaction")
 def export_mmaction(
     params_file: Path = ParamsOpt,

@@ -28,14 +28,24 @@ import re
 import shutil
 from pathlib import Path
 
+from dataclasses import dataclass
+from fractions import Fraction
+
 import cv2
 import numpy as np
 import torch
 
+from pipeline import codecs, scan
 from pipeline import store as stores
+from pipeline.decode import output_size
+from pipeline.flowstats import STAT_NAMES, flow_stats
+from pipeline.parallel import map_progress
 from pipeline.splits import match_videos, read_labels
-from pipeline.tables import read_table
-from schemas.tables import DECODED
+from pipeline.tables import read_table, write_table
+from schemas import store as layout
+from schemas.params import DecodeParams, FlowParams
+from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
+from stages.common import Summary, fingerprint, frames_fingerprint
 
 TORCHVISION_TO_MMACTION = (  # (torchvision r3d_18 prefix, mmaction2 ResNet3d prefix): a Conv3d then its BatchNorm3d
     (re.compile(r"^stem\.0\."), "conv1.conv."),
@@ -134,3 +144,210 @@ def r3d_18_to_mmaction(state: dict[str, torch.Tensor], prefix: str = "backbone."
         else:
             raise KeyError(f"{key}: not a key of torchvision's r3d_18; is this an r3d_18 encoder (train.encoder: r3d_18)?")
     return out
+
+
+# -- import: an mmaction2 / denseflow rawframes tree into the store ------------------------------------
+
+IMAGE_FILE = re.compile(r"^(?P<kind>img|flow_x|flow_y|x|y)_(?P<index>\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
+
+
+class ImportProblem(ValueError):
+    """A video folder that cannot be imported: (reason of schemas.tables.FAILURE_REASONS, detail)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def find_rawframe_folders(root: str | Path) -> list[str]:
+    """Relative POSIX paths of every folder under `root` holding img_*.jpg files (a video's frames)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: is not a folder of rawframes")
+    found = set()
+    for path in root.rglob("*"):
+        if path.is_file() and (match := IMAGE_FILE.match(path.name)) and match["kind"].lower() == "img":
+            found.add(path.parent.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _numbered(folder: Path) -> dict[str, dict[int, Path]]:
+    """{kind: {index: path}} of a folder's frame and flow images; flow_x/x and flow_y/y alike."""
+    files: dict[str, dict[int, Path]] = {"img": {}, "x": {}, "y": {}}
+    for path in folder.iterdir():
+        if match := IMAGE_FILE.match(path.name):
+            files[match["kind"].lower().removeprefix("flow_")][int(match["index"])] = path
+    return files
+
+
+def _contiguous(files: dict[int, Path], what: str) -> list[Path]:
+    """The files in order, numbered without a gap from 0 or 1 (denseflow counts from either)."""
+    indices = sorted(files)
+    first = indices[0]
+    if first not in (0, 1) or indices[-1] - first + 1 != len(indices):
+        gaps = sorted(set(range(first, indices[-1] + 1)) - set(indices))[:3]
+        raise ImportProblem("bad_frames" if what == "frames" else "bad_flow",
+                            f"{what} numbered {first}-{indices[-1]} with gaps (missing {gaps}) or not from 0 or 1")  # fmt: skip
+    return [files[i] for i in indices]
+
+
+def _read_image(path: Path, grey: bool) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImportProblem("bad_frames" if not grey else "bad_flow", f"{path.name} does not decode as an image")
+    return image if grey else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_rawframes(folder: Path, bound: float | None) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """A folder's frames (T, H, W, 3) uint8 RGB, its flow (T-1, H, W, 2) float32 px (None without flow
+    files or without `bound`), and a sha256 of every file read (the import's fingerprint)."""
+    import hashlib
+
+    files = _numbered(folder)
+    if not files["img"]:
+        raise ImportProblem("bad_frames", "no img_*.jpg frames")
+    paths = _contiguous(files["img"], "frames")
+    digest = hashlib.sha256()
+    frames = []
+    for path in paths:
+        digest.update(path.read_bytes())
+        frames.append(_read_image(path, grey=False))
+    if len({frame.shape for frame in frames}) != 1:
+        raise ImportProblem("bad_frames", f"frames differ in size: {sorted({frame.shape[1::-1] for frame in frames})}")
+    if len(frames) < 2:
+        raise ImportProblem("too_few_frames", "fewer than 2 frames")
+    if not (files["x"] or files["y"]) or bound is None:
+        return np.stack(frames), None, digest.hexdigest()
+    if len(files["x"]) != len(files["y"]):
+        raise ImportProblem("bad_flow", f"{len(files['x'])} flow_x images but {len(files['y'])} flow_y images")
+    xs, ys = _contiguous(files["x"], "flow_x"), _contiguous(files["y"], "flow_y")
+    if len(xs) != len(frames) - 1:
+        raise ImportProblem("bad_flow", f"{len(xs)} flow images for {len(frames)} frames; expected one per pair ({len(frames) - 1})")
+    flow = []
+    for x_path, y_path in zip(xs, ys, strict=True):
+        digest.update(x_path.read_bytes() + y_path.read_bytes())
+        pair = np.stack([_read_image(x_path, grey=True), _read_image(y_path, grey=True)], axis=-1)
+        if pair.shape[:2] != frames[0].shape[:2]:
+            raise ImportProblem("bad_flow", f"flow images are {pair.shape[1]}x{pair.shape[0]}, frames "
+                                            f"{frames[0].shape[1]}x{frames[0].shape[0]}: not the same video's")  # fmt: skip
+        flow.append(dequantise_flow(pair, bound))
+    return np.stack(frames), np.stack(flow), digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ImportTask:
+    relpath: str  # the video's folder under the rawframes root
+    root: str
+    store: str
+    decode: DecodeParams
+    flow: FlowParams
+    bound: float | None  # px of the flow images' 8 bits (None: import frames only)
+    fps: float
+
+
+def _resized(frames: np.ndarray, flow: np.ndarray | None, short_side: int | None):
+    """Frames (and flow, its vectors scaled alike) at `decode.short_side`, as decode stores them."""
+    height, width = frames.shape[1:3]
+    size = output_size(width, height, short_side)
+    if size == (width, height):
+        return frames, flow
+    frames = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
+    if flow is not None:
+        scale = np.array([size[0] / width, size[1] / height], np.float32)
+        flow = np.stack([cv2.resize(pair, size, interpolation=cv2.INTER_AREA) * scale for pair in flow])
+    return frames, flow
+
+
+def import_task(task: ImportTask) -> dict:
+    """One folder into the store (frames, and flow when there is some), or {"problem": ...}."""
+    video_id = scan.video_id(task.relpath)
+    try:
+        frames, flow, digest = read_rawframes(Path(task.root) / task.relpath, task.bound)
+    except ImportProblem as exc:
+        return {"video_id": video_id, "relpath": task.relpath, "reason": exc.reason, "detail": str(exc)}
+    source_size = [int(frames.shape[2]), int(frames.shape[1])]
+    frames, flow = _resized(frames, flow, task.decode.short_side)
+    height, width = frames.shape[1:3]
+    d, f = task.decode, task.flow
+    fps = Fraction(task.fps).limit_denominator(1001)
+    frames_key = frames_fingerprint(digest, d, layout.STORE_VERSION)
+    existing = stores.array_attrs(task.store, layout.FRAMES_GROUP, video_id) or {}
+    written = existing.get("fingerprint") != frames_key
+    if written:
+        attrs = {"video_id": video_id, "relpath": task.relpath, "sha256": digest, "fps": [fps.numerator, fps.denominator],
+                 "source_fps": [fps.numerator, fps.denominator], "source_frame_step": 1.0, "source_size": source_size,
+                 "decoded_size": source_size, "scale": width / source_size[0], "params": {**d.model_dump(mode="json"), "imported": True},
+                 "ffmpeg": "", "axes": list(layout.FRAMES_AXES), "fingerprint": frames_key, "store_version": layout.STORE_VERSION}  # fmt: skip
+        stores.write_frames(task.store, video_id, [frames], height=height, width=width, chunk_frames=d.chunk_frames,
+                            shard_frames=d.shard_frames, attrs=attrs, codec=d.codec, quality=d.quality)  # fmt: skip
+    decoded = {"video_id": video_id, "relpath": task.relpath, "array": f"{layout.FRAMES_GROUP}/{video_id}", "num_frames": len(frames),
+               "height": height, "width": width, "fps_num": fps.numerator, "fps_den": fps.denominator, "source_frame_step": 1.0,
+               "scale": width / source_size[0]}  # fmt: skip
+    if flow is None:
+        return {"video_id": video_id, "decoded": decoded, "written": written}
+    group = layout.flow_group(f.method)
+    step = 2 * task.bound / 255
+    key = fingerprint(frames_key, "imported", task.bound, f.precision, f.chunk_frames, f.shard_frames, f.moving_threshold, layout.STORE_VERSION)
+    stats = flow_stats(flow, f.moving_threshold)
+    existing = stores.array_attrs(task.store, group, video_id) or {}
+    if existing.get("fingerprint") != key:
+        written = True
+        dtype = layout.FLOW_DTYPE if f.precision is None else layout.FLOW_FIXED_DTYPE
+        partial = stores.create_partial(task.store, group, video_id, shape=flow.shape, dtype=dtype, chunks=(f.chunk_frames, height, width, 2),
+                                        shards=(f.shard_frames, height, width, 2), axes=layout.FLOW_AXES,
+                                        codec_chain=codecs.flow_codecs(f.precision))  # fmt: skip
+        try:
+            stores.open_partial(partial)[:] = flow.astype(layout.FLOW_DTYPE) if f.precision is None else codecs.to_fixed(flow, f.precision)
+            stores.publish(task.store, group, video_id, partial, {
+                "video_id": video_id, "method": f.method, "frames_fingerprint": frames_key, "fingerprint": key,
+                "estimator": {"name": "imported", "from": "8-bit flow images (denseflow, mmaction2)", "bound_px": task.bound,
+                              "quantisation_step_px": step},
+                "imported": True, "quantisation_step_px": step, "axes": list(layout.FLOW_AXES), "store_version": layout.STORE_VERSION,
+                "stats": {name: values.tolist() for name, values in stats.items()},
+                **(layout.fixed_point_attrs(f.precision) if f.precision is not None else {}),
+            })  # fmt: skip
+        finally:
+            stores.discard_partial(partial)
+    flowed = {"video_id": video_id, "relpath": task.relpath, "array": f"{group}/{video_id}", "method": f.method,
+              "num_pairs": len(flow), "fingerprint": key}  # fmt: skip
+    rows = [{"video_id": video_id, "frame": i, **{name: float(stats[name][i]) for name in STAT_NAMES}} for i in range(len(flow))]
+    return {"video_id": video_id, "decoded": decoded, "flowed": flowed, "stats": rows, "written": written}
+
+
+def import_rawframes(root: str | Path, store: str | Path, decode_out: str | Path, flow_out: str | Path, decode: DecodeParams,
+                     flow: FlowParams, *, bound: float | None, fps: float, scheduler: str | None = None,
+                     workers: int | None = None) -> Summary:  # fmt: skip
+    """Every video folder of an mmaction2/denseflow rawframes tree into the store, with the decode
+    stage's tables (and, with flow images and a `bound`, the flow stage's), so `sample`, `train`
+    and `evaluate` run on it unchanged. A folder that cannot be imported goes to failures.parquet
+    with its reason; the rest go through. A re-run skips arrays whose fingerprint is unchanged."""
+    summary = Summary("import")
+    folders = find_rawframe_folders(root)
+    wanted = {scan.video_id(relpath) for relpath in folders}  # as the decode stage: the store holds what the tree holds
+    stale = stores.prepare_group(store, layout.FRAMES_GROUP, wanted)
+    stale += stores.prepare_group(store, layout.flow_group(flow.method), wanted) if bound is not None else 0
+    if stale:
+        summary.add("stale arrays removed", stale)
+    tasks = [ImportTask(relpath, str(root), str(store), decode, flow, bound, fps) for relpath in folders]
+    results = sorted(map_progress(import_task, tasks, scheduler=scheduler, workers=workers, desc="import", unit="video"),
+                     key=lambda r: r["video_id"])  # fmt: skip
+    failures = [{"stage": "import", "video_id": r["video_id"], "relpath": r["relpath"], "reason": r["reason"], "detail": r["detail"]}
+                for r in results if "reason" in r]  # fmt: skip
+    decoded = [r["decoded"] for r in results if "decoded" in r]
+    flowed = [r["flowed"] for r in results if "flowed" in r]
+    metadata = {"params": decode.model_dump(mode="json"), "store": Path(store).name, "imported_from": str(root)}
+    write_table(Path(decode_out) / "decoded.parquet", decoded, DECODED, metadata=metadata)
+    write_table(Path(decode_out) / "failures.parquet", failures, FAILURES, metadata=metadata)
+    if bound is not None:
+        flow_meta = {"method": flow.method, "params": {"imported": True, "bound": bound}, "moving_threshold": flow.moving_threshold}
+        write_table(Path(flow_out) / "videos.parquet", flowed, FLOWED, metadata=flow_meta)
+        write_table(Path(flow_out) / "stats.parquet", [row for r in results for row in r.get("stats", [])], FLOW_STATS, metadata=flow_meta)
+        write_table(Path(flow_out) / "failures.parquet", [], FAILURES, metadata=flow_meta)
+    summary.add("videos", len(decoded))
+    summary.add("unchanged", sum(1 for r in results if r.get("written") is False))
+    summary.add("with flow", len(flowed))
+    if failures:
+        summary.add("failed", len(failures))
+        for row in failures[:5]:
+            summary.notes.append(f"{row['relpath']}: {row['reason']}: {row['detail']}")
+    return summary

@@ -172,7 +172,8 @@ def write_frames(
 
     Blocks of any length are regrouped into whole shards so that each shard file is written once.
     `attrs` are stored with the array, plus `num_frames`, once the last frame is written. `codec`:
-    zstd (lossless) or an image format at `quality` (one frame per chunk).
+    zstd (lossless) or an image format at `quality` (JPEG: chunk_frames frames per chunk; the other
+    formats one).
     """
     group = layout.FRAMES_GROUP
     tmp = create_partial(

@@ -38,6 +38,13 @@ def test_export_mmaction_runs_on_the_params_data(demo_sampled, tmp_path):
     assert result.exit_code == 0, result.output
     assert "clips of 12 videos, 6 classes" in result.output and (tmp_path / "out" / "clips.txt").is_file()
     assert len(list((tmp_path / "out" / "rawframes").iterdir())) == 12
+    # ... and back in: the exported tree imported into another store.
+    raw["data"].update(store=str(tmp_path / "store.zarr"), decode=str(tmp_path / "decode"), flow=str(tmp_path / "flow"))
+    params.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(cli.app, ["import-rawframes", str(tmp_path / "out" / "rawframes"), "--params", str(params), "--scheduler", "sync"])
+    assert result.exit_code == 0, result.output
+    assert "import: videos 12, unchanged 0, with flow 12" in result.output
+    assert len(read_table(tmp_path / "flow" / "videos.parquet")) == 12
 
 
 def test_doctor_reports_ffmpeg_and_libraries():

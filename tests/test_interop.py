@@ -8,9 +8,12 @@ import pytest
 import torch
 from torchvision.models.video import r3d_18
 
-from pipeline.interop import dequantise_flow, export_mmaction, quantise_flow, r3d_18_to_mmaction
+from pipeline import scan
+from pipeline.interop import dequantise_flow, export_mmaction, import_rawframes, quantise_flow, r3d_18_to_mmaction
 from pipeline.store import open_flow, open_frames
 from pipeline.tables import read_table
+from schemas.params import DecodeParams, FlowParams, SampleParams
+from stages import sample as sample_stage
 
 
 def mmaction_resnet3d_18_keys() -> dict[str, tuple[int, ...]]:
@@ -103,3 +106,65 @@ def test_export_with_an_official_split_writes_train_and_test_lists(demo_sampled,
     test = (tmp_path / "out" / "test.txt").read_text().splitlines()
     assert train and test and not {line.split()[0] for line in train} & {line.split()[0] for line in test}
     assert not (tmp_path / "out" / "rawframes").exists()
+
+
+def exported_tree(demo_sampled, out):
+    export_mmaction(demo_sampled / "sample", demo_sampled / "decode", None, 1, demo_sampled / "store.zarr", out, rawframes=True,
+                    flow_method="dis")  # fmt: skip
+    return out / "rawframes"
+
+
+def test_import_of_an_exported_tree_gives_the_frames_and_flow_back_and_sample_runs_on_it(demo_sampled, tmp_path):
+    tree = exported_tree(demo_sampled, tmp_path / "export")
+    store = tmp_path / "store.zarr"
+    summary = import_rawframes(tree, store, tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=None), FlowParams(method="dis"),
+                               bound=20.0, fps=25.0, scheduler="sync")  # fmt: skip
+    assert summary.counts["videos"] == summary.counts["with flow"] == 12 and "failed" not in summary.counts
+    decoded = read_table(tmp_path / "decode" / "decoded.parquet").to_pylist()
+    original = read_table(demo_sampled / "decode" / "decoded.parquet").to_pandas().set_index("video_id")
+    row = decoded[0]
+    was = row["relpath"]  # the folder export named after the video's id; import derives a new id from it
+    assert row["video_id"] == scan.video_id(was) and row["num_frames"] == original.num_frames[was]
+    imported, source = open_frames(store, row["video_id"])[:], open_frames(demo_sampled / "store.zarr", was)[:]
+    assert imported.shape == source.shape and np.abs(imported.astype(int) - source).mean() < 6  # one JPEG generation
+    flow, truth = open_flow(store, "dis", row["video_id"]), open_flow(demo_sampled / "store.zarr", "dis", was)[:]
+    attrs = flow.attrs.asdict()
+    assert attrs["imported"] is True and attrs["quantisation_step_px"] == pytest.approx(40 / 255)
+    error = np.abs(flow[:].astype(np.float32) - np.clip(truth, -20, 20))
+    assert np.median(error) <= 40 / 255 and error.mean() < 0.3  # the 8-bit step, plus JPEG's error on the flow images
+    # The stages downstream read it unchanged.
+    sample_stage.run(SampleParams(), tmp_path / "flow", store, tmp_path / "sample", scheduler="sync")
+    assert read_table(tmp_path / "sample" / "clips.parquet").to_pandas().selected.sum() > 0
+    # A re-run imports nothing again.
+    again = import_rawframes(tree, store, tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=None), FlowParams(method="dis"),
+                             bound=20.0, fps=25.0, scheduler="sync")  # fmt: skip
+    assert again.counts["videos"] == again.counts["unchanged"] == 12
+    assert summary.counts["unchanged"] == 0
+
+
+def test_import_quarantines_each_bad_folder_and_keeps_the_rest(demo_sampled, tmp_path):
+    tree = exported_tree(demo_sampled, tmp_path / "export")
+    folders = sorted(p for p in tree.iterdir())
+    bad = {}
+    (folders[0] / "flow_y_00003.jpg").unlink()  # flow_x and flow_y counts differ
+    bad[folders[0].name] = ("bad_flow", "flow_x images but")
+    (folders[1] / "img_00005.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # a corrupt JPEG
+    bad[folders[1].name] = ("bad_frames", "img_00005.jpg does not decode")
+    for path in folders[2].glob("flow_*.jpg"):  # flow images of another size than their frames
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), (64, 48)))
+    bad[folders[2].name] = ("bad_flow", "flow images are 64x48, frames 170x128")
+    (folders[3] / "img_00010.jpg").unlink()  # a gap in the frames
+    bad[folders[3].name] = ("bad_frames", "with gaps (missing [10])")
+    summary = import_rawframes(tree, tmp_path / "store.zarr", tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=64),
+                               FlowParams(method="dis"), bound=20.0, fps=25.0, scheduler="sync")  # fmt: skip
+    assert summary.counts["failed"] == 4 and summary.counts["videos"] == 8
+    failures = {row["relpath"]: row for row in read_table(tmp_path / "decode" / "failures.parquet").to_pylist()}
+    assert set(failures) == set(bad)
+    for name, (reason, detail) in bad.items():
+        assert failures[name]["reason"] == reason and detail in failures[name]["detail"], failures[name]
+    # decode.short_side applies: the frames and flow are resized alike, vectors scaled with them.
+    row = read_table(tmp_path / "decode" / "decoded.parquet").to_pylist()[0]
+    assert (row["width"], row["height"]) == (85, 64) and row["scale"] == pytest.approx(0.5)
+    small = open_flow(tmp_path / "store.zarr", "dis", row["video_id"])[:].astype(np.float32)
+    full = np.clip(open_flow(demo_sampled / "store.zarr", "dis", row["relpath"])[:].astype(np.float32), -20, 20)
+    assert small.shape[1:3] == (64, 85) and np.abs(small).mean() == pytest.approx(np.abs(full).mean() / 2, rel=0.2)
