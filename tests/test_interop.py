@@ -9,10 +9,11 @@ import torch
 from torchvision.models.video import r3d_18
 
 from pipeline import scan
+from pipeline.dataset import MSCLClips
 from pipeline.interop import dequantise_flow, export_mmaction, import_rawframes, quantise_flow, r3d_18_to_mmaction
 from pipeline.store import open_flow, open_frames
 from pipeline.tables import read_table
-from schemas.params import DecodeParams, FlowParams, SampleParams
+from schemas.params import DatasetParams, DecodeParams, FlowParams, SampleParams
 from stages import sample as sample_stage
 
 
@@ -135,6 +136,8 @@ def test_import_of_an_exported_tree_gives_the_frames_and_flow_back_and_sample_ru
     # The stages downstream read it unchanged.
     sample_stage.run(SampleParams(), tmp_path / "flow", store, tmp_path / "sample", scheduler="sync")
     assert read_table(tmp_path / "sample" / "clips.parquet").to_pandas().selected.sum() > 0
+    item = MSCLClips(tmp_path / "sample" / "clips.parquet", store, "dis", DatasetParams(crop_size=32)).sample(0)  # what train reads
+    assert item["rgb"].shape[-2:] == item["flow"].shape[-2:] == (32, 32)
     # A re-run imports nothing again.
     again = import_rawframes(tree, store, tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=None), FlowParams(method="dis"),
                              bound=20.0, fps=25.0, scheduler="sync")  # fmt: skip
