@@ -19,6 +19,7 @@ silently wrong pixels (a JPEG decoder happily decodes many corrupt streams).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +121,15 @@ class ImageCodec(ArrayBytesCodec):
                   "webp": codecs.webp_decode}[self.format]  # fmt: skip
         return decode(data)
 
+    # As zarr's own compressors: the work runs in a thread (the image libraries release the GIL),
+    # so the chunks of one read decode in parallel.
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         image = self._decode_image(chunk_bytes.to_bytes())
         frames, height, width, channels = chunk_spec.shape
         padded = height if frames == 1 else _padded(height)
@@ -129,7 +138,7 @@ class ImageCodec(ArrayBytesCodec):
         stack = image.reshape(frames, padded, width, channels)[:, :height]
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(np.ascontiguousarray(stack))
 
-    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         frames, height, width, channels = chunk_spec.shape
         stack = chunk_array.as_numpy_array().reshape(chunk_spec.shape)
         if frames > 1 and _padded(height) != height:  # whole 8x8 blocks per frame: the rows libjpeg would repeat
