@@ -7,7 +7,7 @@
   ("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi");
 - HMDB51's split folder (`testTrainMulti_7030_splits/`): one `<class>_test_splitN.txt` per class and
   split, each line "<video file> <code>", code 1 train, 2 test, 0 in neither.
-`split` (1-3) chooses N. Windows line endings, blank lines and repeated entries are accepted; an
+`split` (1-3) chooses N. The table's columns are schemas.tables.LABELS. Windows line endings, blank lines and repeated entries are accepted; an
 entry listed twice with different classes or sides is refused, naming the file and both lines.
 
 `match_videos` then ties the table's entries to the decoded videos by their relpath under the
@@ -25,6 +25,9 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from pipeline.tables import read_table
+from schemas.tables import LABEL_SPLITS, LABELS
+
+COLUMNS = LABELS.names  # relpath, label, group, split
 
 HMDB_FILE = re.compile(r"^(?P<label>.+)_test_split(?P<split>\d)\.txt$")
 HMDB_SIDES = {"1": "train", "2": "test", "0": None}
@@ -131,7 +134,7 @@ def read_labels(path: str | Path, split: int = 1) -> pd.DataFrame:
         out = table[["relpath", "label"]].copy()
         out["group"] = table["group"] if "group" in table.columns else None
         out["split"] = table["split"] if "split" in table.columns else None
-        bad = sorted(set(out.split.dropna()) - {"train", "test"})
+        bad = sorted(set(out.split.dropna()) - set(LABEL_SPLITS))
         if bad:
             raise SplitError(f"{path}: column split holds {bad}; expected train or test")
         out = out.drop_duplicates()
@@ -147,7 +150,7 @@ def read_labels(path: str | Path, split: int = 1) -> pd.DataFrame:
             raise SplitError(f"{path}: {entry.relpath} is listed as {first.label}/{first.split} ({first.where}) "
                              f"and as {entry.label}/{entry.split} ({entry.where})")  # fmt: skip
     rows = [{"relpath": e.relpath, "label": e.label, "group": None, "split": e.split} for e in seen.values()]
-    return pd.DataFrame(rows, columns=["relpath", "label", "group", "split"])
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def match_videos(labels: pd.DataFrame, relpaths: list[str]) -> Matched:
@@ -166,4 +169,4 @@ def match_videos(labels: pd.DataFrame, relpaths: list[str]) -> Matched:
             continue
         taken.add(relpath)
         rows.append({"relpath": relpath, "label": row.label, "group": row.group, "split": row.split})
-    return Matched(pd.DataFrame(rows, columns=["relpath", "label", "group", "split"]), missing)
+    return Matched(pd.DataFrame(rows, columns=COLUMNS), missing)

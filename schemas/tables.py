@@ -145,6 +145,18 @@ CLIP_INDEX = pa.schema(
     ]
 )
 
+# Labels as evaluation reads them (pipeline/splits.py), from a labels table or a dataset's split lists;
+# a labels table at data.labels needs relpath and label, and may add group and split.
+LABELS = pa.schema(
+    [
+        pa.field("relpath", pa.string(), nullable=False),  # relative to data.videos
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("group", pa.string(), nullable=True),  # videos cut from one source (never split); null: from the name
+        pa.field("split", pa.string(), nullable=True),  # "train" or "test" (official splits); null: split by hash
+    ]
+)
+LABEL_SPLITS = ("train", "test")
+
 # data/demo/labels.parquet: the synthetic demo dataset's classes (make_demo stage).
 DEMO_LABELS = pa.schema(
     [
