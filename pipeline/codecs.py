@@ -20,6 +20,7 @@ silently wrong pixels (a JPEG decoder happily decodes many corrupt streams).
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -191,5 +192,7 @@ def to_fixed(flow: np.ndarray, precision: float) -> np.ndarray:
 def from_fixed(steps: np.ndarray, precision: float) -> np.ndarray:
     """Float16 pixels from int16 multiples of `precision` (exact below 64 px at 1/32: float16's own
     spacing above). Through torch: its float32->float16 cast is vectorised, numpy's is 4x slower."""
-    pixels = torch.from_numpy(np.ascontiguousarray(steps)).to(torch.float32).mul_(precision)
-    return pixels.to(torch.float16).numpy()
+    steps = torch.from_numpy(np.ascontiguousarray(steps))
+    if math.frexp(precision)[0] == 0.5:  # a power of two: scaling float16 by it is exact, so one cast does
+        return steps.to(torch.float16).mul_(precision).numpy()
+    return steps.to(torch.float32).mul_(precision).to(torch.float16).numpy()

@@ -134,7 +134,7 @@ def test_fixed_point_flow_reads_as_float16_within_half_its_precision(tmp_path):
     assert inner[1]["configuration"]["shuffle"] == "bitshuffle"
 
 
-@pytest.mark.parametrize("precision", [1 / 32, 1 / 10])
+@pytest.mark.parametrize("precision", [1 / 32, 1 / 1024, 1 / 10])
 def test_fixed_point_reads_every_int16_as_numpy_would_round_it(precision):
     steps = np.arange(-32768, 32768, dtype=np.int16)
     expected = (steps.astype(np.float32) * np.float32(precision)).astype(np.float16)
