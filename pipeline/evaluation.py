@@ -157,7 +157,8 @@ def video_topk(clip_scores: torch.Tensor, clip_video: np.ndarray, video_labels: 
     return out
 
 
-def linear_probe(train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, l2: float, steps: int) -> tuple[torch.Tensor, list[str]]:
+def linear_probe(train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, l2: float,
+                 steps: int) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
     """A linear classifier on frozen features: multinomial logistic regression on the train clips'
     features (standardised with the train clips' mean and spread), with an L2 penalty `l2` on the
     weights, fitted by full-batch L-BFGS for at most `steps` iterations (deterministic: no

@@ -287,15 +287,16 @@ def import_task(task: ImportTask) -> dict:
         return {"video_id": video_id, "decoded": decoded, "written": written}
     group = layout.flow_group(f.method)
     step = 2 * task.bound / 255
-    key = fingerprint(frames_key, "imported", task.bound, f.precision, f.chunk_frames, f.shard_frames, f.moving_threshold, layout.STORE_VERSION)
+    layout_params = (f.precision, f.chunk_frames, f.shard_frames, f.moving_threshold, layout.STORE_VERSION)
+    key = fingerprint(frames_key, "imported", task.bound, *layout_params)
     stats = flow_stats(flow, f.moving_threshold)
     existing = stores.array_attrs(task.store, group, video_id) or {}
     if existing.get("fingerprint") != key:
         written = True
         dtype = layout.FLOW_DTYPE if f.precision is None else layout.FLOW_FIXED_DTYPE
-        partial = stores.create_partial(task.store, group, video_id, shape=flow.shape, dtype=dtype, chunks=(f.chunk_frames, height, width, 2),
-                                        shards=(f.shard_frames, height, width, 2), axes=layout.FLOW_AXES,
-                                        codec_chain=codecs.flow_codecs(f.precision))  # fmt: skip
+        partial = stores.create_partial(task.store, group, video_id, shape=flow.shape, dtype=dtype,
+                                        chunks=(f.chunk_frames, height, width, 2), shards=(f.shard_frames, height, width, 2),
+                                        axes=layout.FLOW_AXES, codec_chain=codecs.flow_codecs(f.precision))  # fmt: skip
         try:
             stores.open_partial(partial)[:] = flow.astype(layout.FLOW_DTYPE) if f.precision is None else codecs.to_fixed(flow, f.precision)
             stores.publish(task.store, group, video_id, partial, {

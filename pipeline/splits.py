@@ -7,8 +7,9 @@
   ("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi");
 - HMDB51's split folder (`testTrainMulti_7030_splits/`): one `<class>_test_splitN.txt` per class and
   split, each line "<video file> <code>", code 1 train, 2 test, 0 in neither.
-`split` (1-3) chooses N. The table's columns are schemas.tables.LABELS. Windows line endings, blank lines and repeated entries are accepted; an
-entry listed twice with different classes or sides is refused, naming the file and both lines.
+`split` (1-3) chooses N. The table's columns are schemas.tables.LABELS. Windows line endings, blank
+lines and repeated entries are accepted; an entry listed twice with different classes or sides is
+refused, naming the file and both lines.
 
 `match_videos` then ties the table's entries to the decoded videos by their relpath under the
 videos root, or where that names no video, by the file name alone when exactly one decoded video

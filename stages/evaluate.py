@@ -11,8 +11,8 @@ a dataset's own split lists (pipeline/splits.py: UCF101, HMDB51; `evaluate.split
 a split, its train videos are the gallery and its test videos the queries; without, videos are
 split by a stable hash of their group within each class: the labels table's `group` column where
 it has one, else UCF101's groups read from the names (one group per video for other names).
-Listed videos that were not decoded are counted and named (the first few) in the summary. Writes metrics.json (DVC metrics), named by model, and the margins of MSCL
-over each baseline.
+Listed videos that were not decoded are counted and named (the first few) in the summary. Writes
+metrics.json (DVC metrics), named by model, and the margins of MSCL over each baseline.
 
 With `evaluate.diagnostics`, two more blocks say where a weak result comes from: the retrieval of
 MSCL's own flow encoder on the videos' flow (and of the same encoder with random weights): did
@@ -169,11 +169,12 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
             raise FileNotFoundError(f"{weights}: no trained encoder; run the train stage (python cli.py train --method {name})")
         features = clip_features(load_encoder(params, weights), clips, e.batch_size)
         result = video_metrics(per_video(features, clip_video, len(videos)), video_labels, gallery_video, e.ks, e.knn)
-        result["clip"] = retrieval_recall(features[~in_gallery], clip_labels[~in_gallery], features[in_gallery], clip_labels[in_gallery], e.ks)
+        query, gallery = features[~in_gallery], features[in_gallery]
+        result["clip"] = retrieval_recall(query, clip_labels[~in_gallery], gallery, clip_labels[in_gallery], e.ks)
         line = "  ".join(f"{key} {value:5.1f}" for key, value in result.items() if key != "clip")
         line += f"  |  clips R@1 {result['clip']['R@1']:5.1f}"
         if e.linear_probe:
-            scores, classes = linear_probe(features[in_gallery], clip_labels[in_gallery], features[~in_gallery], e.probe_l2, e.probe_steps)
+            scores, classes = linear_probe(gallery, clip_labels[in_gallery], query, e.probe_l2, e.probe_steps)
             result["linear_probe"] = video_topk(scores, clip_video[~in_gallery], video_labels, classes)
             line += f"  |  linear probe top-1 {result['linear_probe']['top1']:5.1f}"
         if e.finetune:
@@ -192,7 +193,8 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
     for protocol in ("linear_probe", "finetune"):
         if protocol in metrics["mscl"]:
             for other in ("rgb_only", "random"):
-                metrics["margin"][f"mscl_vs_{other}_{protocol}_top1"] = round(metrics["mscl"][protocol]["top1"] - metrics[other][protocol]["top1"], 2)
+                margin = metrics["mscl"][protocol]["top1"] - metrics[other][protocol]["top1"]
+                metrics["margin"][f"mscl_vs_{other}_{protocol}_top1"] = round(margin, 2)
     if e.diagnostics:
         metrics["diagnostics"] = diagnostics(params, videos, Path(train_dir), store, gallery_video)
         for name, result in metrics["diagnostics"].items():
