@@ -189,6 +189,11 @@ def to_fixed(flow: np.ndarray, precision: float) -> np.ndarray:
     return np.clip(steps, -layout.FLOW_FIXED_MAX, layout.FLOW_FIXED_MAX).astype(layout.FLOW_FIXED_DTYPE)
 
 
+def stored_flow(flow: np.ndarray, precision: float | None) -> np.ndarray:
+    """Flow in pixels as a flow array stores it: float16, or int16 multiples of `precision`."""
+    return np.asarray(flow).astype(layout.FLOW_DTYPE) if precision is None else to_fixed(flow, precision)
+
+
 def from_fixed(steps: np.ndarray, precision: float) -> np.ndarray:
     """Float16 pixels from int16 multiples of `precision` (exact below 64 px at 1/32: float16's own
     spacing above). Through torch: its float32->float16 cast is vectorised, numpy's is 4x slower."""

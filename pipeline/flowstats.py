@@ -34,3 +34,10 @@ def flow_stats(flow: np.ndarray, moving_threshold: float) -> dict[str, np.ndarra
         "mean_v": flow[..., 1].reshape(len(flow), -1).mean(axis=1),
         "motion_edge_mean": np.array([motion_map(f).mean() for f in flow]),
     }
+
+
+def stats_rows(video_id: str, stats: dict) -> list[dict]:
+    """A video's per-pair statistics (`flow_stats`, or the lists kept in its array's attributes) as
+    rows of schemas.tables.FLOW_STATS."""
+    count = len(stats["mean_mag"])
+    return [{"video_id": video_id, "frame": i, **{name: float(stats[name][i]) for name in STAT_NAMES}} for i in range(count)]

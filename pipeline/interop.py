@@ -38,7 +38,7 @@ import torch
 from pipeline import codecs, scan
 from pipeline import store as stores
 from pipeline.decode import output_size
-from pipeline.flowstats import STAT_NAMES, flow_stats
+from pipeline.flowstats import flow_stats, stats_rows
 from pipeline.parallel import map_progress
 from pipeline.splits import match_videos, read_labels
 from pipeline.tables import read_table, write_table
@@ -73,12 +73,12 @@ def _write_rawframes(store: str | Path, video_id: str, folder: Path, flow_method
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    frames = stores.open_frames(store, video_id)
+    frames = stores.open_frames(store, video_id)[:]  # whole: a chunk holds several frames
     params = [cv2.IMWRITE_JPEG_QUALITY, quality]
     for i in range(len(frames)):
-        cv2.imwrite(str(partial / FRAME_TEMPLATE.format(i + 1)), cv2.cvtColor(np.asarray(frames[i]), cv2.COLOR_RGB2BGR), params)
+        cv2.imwrite(str(partial / FRAME_TEMPLATE.format(i + 1)), cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR), params)
     if flow_method is not None:
-        flow = stores.open_flow(store, flow_method, video_id)
+        flow = stores.open_flow(store, flow_method, video_id)[:]
         for i in range(len(flow)):
             image = quantise_flow(flow[i], bound)
             cv2.imwrite(str(partial / FLOW_TEMPLATE.format("x", i + 1)), image[..., 0], params)
@@ -108,11 +108,11 @@ def export_mmaction(sample_dir: str | Path, decode_dir: str | Path, labels_path:
     classes = sorted(set(label_of.values()))
     selected = clips[clips.selected & clips.complete].sort_values(["video_id", "start"])
     lines: dict[str, list[str]] = {}
+    split = any(side_of.values())  # train.txt and test.txt, else one clips.txt
     for row in selected.itertuples(index=False):
         span = (row.clip_len - 1) * row.stride + 1
         label = classes.index(label_of[row.video_id]) if row.video_id in label_of else -1
-        side = side_of.get(row.video_id)
-        name = "clips" if not any(side_of.values()) else (side or "unsplit")
+        name = (side_of.get(row.video_id) or "unsplit") if split else "clips"
         lines.setdefault(name, []).append(f"{row.video_id} {row.start} {span} {label}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
@@ -198,40 +198,46 @@ def _read_image(path: Path, grey: bool) -> np.ndarray:
     return image if grey else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_rawframes(folder: Path, bound: float | None) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """A folder's frames (T, H, W, 3) uint8 RGB, its flow (T-1, H, W, 2) float32 px (None without flow
-    files or without `bound`), and a sha256 of every file read (the import's fingerprint)."""
+def list_rawframes(folder: Path, bound: float | None) -> tuple[list[Path], list[tuple[Path, Path]] | None, str]:
+    """A folder's frame files in order, its flow files as (x, y) pairs (None without flow files or
+    without `bound`), and a sha256 of all their bytes (the import's fingerprint): everything that
+    can be checked without decoding an image."""
     import hashlib
 
     files = _numbered(folder)
     if not files["img"]:
         raise ImportProblem("bad_frames", "no img_*.jpg frames")
-    paths = _contiguous(files["img"], "frames")
-    digest = hashlib.sha256()
-    frames = []
-    for path in paths:
-        digest.update(path.read_bytes())
-        frames.append(_read_image(path, grey=False))
-    if len({frame.shape for frame in frames}) != 1:
-        raise ImportProblem("bad_frames", f"frames differ in size: {sorted({frame.shape[1::-1] for frame in frames})}")
+    frames = _contiguous(files["img"], "frames")
     if len(frames) < 2:
         raise ImportProblem("too_few_frames", "fewer than 2 frames")
-    if not (files["x"] or files["y"]) or bound is None:
-        return np.stack(frames), None, digest.hexdigest()
-    if len(files["x"]) != len(files["y"]):
-        raise ImportProblem("bad_flow", f"{len(files['x'])} flow_x images but {len(files['y'])} flow_y images")
-    xs, ys = _contiguous(files["x"], "flow_x"), _contiguous(files["y"], "flow_y")
-    if len(xs) != len(frames) - 1:
-        raise ImportProblem("bad_flow", f"{len(xs)} flow images for {len(frames)} frames; expected one per pair ({len(frames) - 1})")
+    pairs = None
+    if (files["x"] or files["y"]) and bound is not None:
+        if len(files["x"]) != len(files["y"]):
+            raise ImportProblem("bad_flow", f"{len(files['x'])} flow_x images but {len(files['y'])} flow_y images")
+        pairs = list(zip(_contiguous(files["x"], "flow_x"), _contiguous(files["y"], "flow_y"), strict=True))
+        if len(pairs) != len(frames) - 1:
+            raise ImportProblem("bad_flow", f"{len(pairs)} flow images for {len(frames)} frames; expected one per pair ({len(frames) - 1})")
+    digest = hashlib.sha256()
+    for path in frames + [path for pair in pairs or [] for path in pair]:
+        digest.update(path.read_bytes())
+    return frames, pairs, digest.hexdigest()
+
+
+def decode_rawframes(frame_paths: list[Path], pairs: list[tuple[Path, Path]] | None, bound: float | None):
+    """The frames (T, H, W, 3) uint8 RGB and the flow (T-1, H, W, 2) float32 px (or None) of `list_rawframes`."""
+    frames = [_read_image(path, grey=False) for path in frame_paths]
+    if len({frame.shape for frame in frames}) != 1:
+        raise ImportProblem("bad_frames", f"frames differ in size: {sorted({frame.shape[1::-1] for frame in frames})}")
+    if pairs is None:
+        return np.stack(frames), None
     flow = []
-    for x_path, y_path in zip(xs, ys, strict=True):
-        digest.update(x_path.read_bytes() + y_path.read_bytes())
+    for x_path, y_path in pairs:
         pair = np.stack([_read_image(x_path, grey=True), _read_image(y_path, grey=True)], axis=-1)
         if pair.shape[:2] != frames[0].shape[:2]:
             raise ImportProblem("bad_flow", f"flow images are {pair.shape[1]}x{pair.shape[0]}, frames "
                                             f"{frames[0].shape[1]}x{frames[0].shape[0]}: not the same video's")  # fmt: skip
         flow.append(dequantise_flow(pair, bound))
-    return np.stack(frames), np.stack(flow), digest.hexdigest()
+    return np.stack(frames), np.stack(flow)
 
 
 @dataclass(frozen=True)
@@ -259,60 +265,72 @@ def _resized(frames: np.ndarray, flow: np.ndarray | None, short_side: int | None
 
 
 def import_task(task: ImportTask) -> dict:
-    """One folder into the store (frames, and flow when there is some), or {"problem": ...}."""
+    """One folder into the store (frames, and flow when there is some), or its failure (reason,
+    detail). Images are decoded only when an array is missing or its fingerprint has changed."""
     video_id = scan.video_id(task.relpath)
+    d, f = task.decode, task.flow
+    group = layout.flow_group(f.method)
+    fps = Fraction(task.fps).limit_denominator(1001)
     try:
-        frames, flow, digest = read_rawframes(Path(task.root) / task.relpath, task.bound)
+        frame_paths, pairs, digest = list_rawframes(Path(task.root) / task.relpath, task.bound)
+        frames_key = frames_fingerprint(digest, d, layout.STORE_VERSION)
+        flow_key = None
+        if pairs is not None:
+            flow_key = fingerprint(frames_key, "imported", task.bound, f.precision, f.chunk_frames, f.shard_frames,
+                                   f.moving_threshold, layout.STORE_VERSION)  # fmt: skip
+        frames_meta = stores.array_meta(task.store, layout.FRAMES_GROUP, video_id) or {}
+        flow_meta = (stores.array_meta(task.store, group, video_id) or {}) if flow_key else {}
+        written = frames_meta.get("attributes", {}).get("fingerprint") != frames_key or (
+            flow_key is not None and flow_meta.get("attributes", {}).get("fingerprint") != flow_key
+        )
+        if written:
+            frames, flow = decode_rawframes(frame_paths, pairs, task.bound)
     except ImportProblem as exc:
         return {"video_id": video_id, "relpath": task.relpath, "reason": exc.reason, "detail": str(exc)}
-    source_size = [int(frames.shape[2]), int(frames.shape[1])]
-    frames, flow = _resized(frames, flow, task.decode.short_side)
-    height, width = frames.shape[1:3]
-    d, f = task.decode, task.flow
-    fps = Fraction(task.fps).limit_denominator(1001)
-    frames_key = frames_fingerprint(digest, d, layout.STORE_VERSION)
-    existing = stores.array_attrs(task.store, layout.FRAMES_GROUP, video_id) or {}
-    written = existing.get("fingerprint") != frames_key
     if written:
+        source_size = [int(frames.shape[2]), int(frames.shape[1])]
+        frames, flow = _resized(frames, flow, d.short_side)
+        shape = frames.shape
         attrs = {"video_id": video_id, "relpath": task.relpath, "sha256": digest, "fps": [fps.numerator, fps.denominator],
                  "source_fps": [fps.numerator, fps.denominator], "source_frame_step": 1.0, "source_size": source_size,
-                 "decoded_size": source_size, "scale": width / source_size[0], "params": {**d.model_dump(mode="json"), "imported": True},
+                 "decoded_size": source_size, "scale": shape[2] / source_size[0], "params": {**d.model_dump(mode="json"), "imported": True},
                  "ffmpeg": "", "axes": list(layout.FRAMES_AXES), "fingerprint": frames_key, "store_version": layout.STORE_VERSION}  # fmt: skip
-        stores.write_frames(task.store, video_id, [frames], height=height, width=width, chunk_frames=d.chunk_frames,
+        stores.write_frames(task.store, video_id, [frames], height=shape[1], width=shape[2], chunk_frames=d.chunk_frames,
                             shard_frames=d.shard_frames, attrs=attrs, codec=d.codec, quality=d.quality)  # fmt: skip
-    decoded = {"video_id": video_id, "relpath": task.relpath, "array": f"{layout.FRAMES_GROUP}/{video_id}", "num_frames": len(frames),
-               "height": height, "width": width, "fps_num": fps.numerator, "fps_den": fps.denominator, "source_frame_step": 1.0,
-               "scale": width / source_size[0]}  # fmt: skip
-    if flow is None:
+        if flow is not None:
+            stats = {name: values.tolist() for name, values in flow_stats(flow, f.moving_threshold).items()}
+            _write_imported_flow(task, video_id, flow, frames_key, flow_key, stats)
+    else:  # both arrays as this import would write them: their metadata says all the tables need
+        shape, source_size = frames_meta["shape"], frames_meta["attributes"]["source_size"]
+        stats = flow_meta.get("attributes", {}).get("stats")
+    decoded = {"video_id": video_id, "relpath": task.relpath, "array": f"{layout.FRAMES_GROUP}/{video_id}", "num_frames": shape[0],
+               "height": shape[1], "width": shape[2], "fps_num": fps.numerator, "fps_den": fps.denominator, "source_frame_step": 1.0,
+               "scale": shape[2] / source_size[0]}  # fmt: skip
+    if flow_key is None:
         return {"video_id": video_id, "decoded": decoded, "written": written}
-    group = layout.flow_group(f.method)
-    step = 2 * task.bound / 255
-    layout_params = (f.precision, f.chunk_frames, f.shard_frames, f.moving_threshold, layout.STORE_VERSION)
-    key = fingerprint(frames_key, "imported", task.bound, *layout_params)
-    stats = flow_stats(flow, f.moving_threshold)
-    existing = stores.array_attrs(task.store, group, video_id) or {}
-    if existing.get("fingerprint") != key:
-        written = True
-        dtype = layout.FLOW_DTYPE if f.precision is None else layout.FLOW_FIXED_DTYPE
-        partial = stores.create_partial(task.store, group, video_id, shape=flow.shape, dtype=dtype,
-                                        chunks=(f.chunk_frames, height, width, 2), shards=(f.shard_frames, height, width, 2),
-                                        axes=layout.FLOW_AXES, codec_chain=codecs.flow_codecs(f.precision))  # fmt: skip
-        try:
-            stores.open_partial(partial)[:] = flow.astype(layout.FLOW_DTYPE) if f.precision is None else codecs.to_fixed(flow, f.precision)
-            stores.publish(task.store, group, video_id, partial, {
-                "video_id": video_id, "method": f.method, "frames_fingerprint": frames_key, "fingerprint": key,
-                "estimator": {"name": "imported", "from": "8-bit flow images (denseflow, mmaction2)", "bound_px": task.bound,
-                              "quantisation_step_px": step},
-                "imported": True, "quantisation_step_px": step, "axes": list(layout.FLOW_AXES), "store_version": layout.STORE_VERSION,
-                "stats": {name: values.tolist() for name, values in stats.items()},
-                **(layout.fixed_point_attrs(f.precision) if f.precision is not None else {}),
-            })  # fmt: skip
-        finally:
-            stores.discard_partial(partial)
     flowed = {"video_id": video_id, "relpath": task.relpath, "array": f"{group}/{video_id}", "method": f.method,
-              "num_pairs": len(flow), "fingerprint": key}  # fmt: skip
-    rows = [{"video_id": video_id, "frame": i, **{name: float(stats[name][i]) for name in STAT_NAMES}} for i in range(len(flow))]
-    return {"video_id": video_id, "decoded": decoded, "flowed": flowed, "stats": rows, "written": written}
+              "num_pairs": shape[0] - 1, "fingerprint": flow_key}  # fmt: skip
+    return {"video_id": video_id, "decoded": decoded, "flowed": flowed, "stats": stats_rows(video_id, stats), "written": written}
+
+
+def _write_imported_flow(task: ImportTask, video_id: str, flow: np.ndarray, frames_key: str, key: str, stats: dict) -> None:
+    f, group, step = task.flow, layout.flow_group(task.flow.method), 2 * task.bound / 255
+    height, width = flow.shape[1:3]
+    dtype = layout.FLOW_DTYPE if f.precision is None else layout.FLOW_FIXED_DTYPE
+    partial = stores.create_partial(task.store, group, video_id, shape=flow.shape, dtype=dtype,
+                                    chunks=(f.chunk_frames, height, width, 2), shards=(f.shard_frames, height, width, 2),
+                                    axes=layout.FLOW_AXES, codec_chain=codecs.flow_codecs(f.precision))  # fmt: skip
+    try:
+        stores.open_partial(partial)[:] = codecs.stored_flow(flow, f.precision)
+        stores.publish(task.store, group, video_id, partial, {
+            "video_id": video_id, "method": f.method, "frames_fingerprint": frames_key, "fingerprint": key,
+            "estimator": {"name": "imported", "from": "8-bit flow images (denseflow, mmaction2)", "bound_px": task.bound,
+                          "quantisation_step_px": step},
+            "imported": True, "quantisation_step_px": step, "axes": list(layout.FLOW_AXES), "store_version": layout.STORE_VERSION,
+            "stats": stats, **(layout.fixed_point_attrs(f.precision) if f.precision is not None else {}),
+        })  # fmt: skip
+    finally:
+        stores.discard_partial(partial)
 
 
 def import_rawframes(root: str | Path, store: str | Path, decode_out: str | Path, flow_out: str | Path, decode: DecodeParams,

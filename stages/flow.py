@@ -28,7 +28,7 @@ from tqdm import tqdm
 from pipeline import codecs, store
 from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks
 from pipeline.flow import DIS, RAFT, TVL1, DISConfig, Farneback, FarnebackConfig, FlowError, FlowEstimator, RAFTConfig, TVL1Config
-from pipeline.flowstats import STAT_NAMES, flow_stats
+from pipeline.flowstats import STAT_NAMES, flow_stats, stats_rows
 from pipeline.parallel import map_progress
 from pipeline.tables import read_table, write_table
 from schemas import store as layout
@@ -130,19 +130,12 @@ def flow_task(task: FlowTask) -> dict[str, Any]:
             flow = _estimator(task.params).estimate(np.asarray(frames))
             if not np.isfinite(flow).all():
                 return {"task": task, "error": "the estimator returned NaN or infinite flow"}
-            precision = task.params.precision
-            stored = flow.astype(layout.FLOW_DTYPE) if precision is None else codecs.to_fixed(flow, precision)
-            store.open_partial(task.partial)[start : start + len(flow)] = stored
+            store.open_partial(task.partial)[start : start + len(flow)] = codecs.stored_flow(flow, task.params.precision)
             for name, values in flow_stats(flow, task.params.moving_threshold).items():
                 stats[name].extend(values.tolist())
     except (store.CorruptChunkError, DecodeError, FlowError) as exc:
         return {"task": task, "error": str(exc)}
     return {"task": task, "flat_frames": flat, "stats": stats}
-
-
-def _stats_rows(video_id: str, stats: dict[str, list[float]]) -> list[dict[str, Any]]:
-    count = len(stats["mean_mag"])
-    return [{"video_id": video_id, "frame": i, **{name: float(stats[name][i]) for name in STAT_NAMES}} for i in range(count)]
 
 
 @dataclass
@@ -179,7 +172,7 @@ def run(
     videos = read_table(Path(decoded) / "decoded.parquet", DECODED).to_pylist()
     if stale := store.prepare_group(store_path, group, {row["video_id"] for row in videos}):
         summary.add("stale arrays removed", stale)
-    done_rows, stats_rows, failures, tasks, recode = [], [], [], [], []
+    done_rows, stat_rows, failures, tasks, recode = [], [], [], [], []
     pending: dict[str, _Video] = {}
 
     def fail(video_id: str, relpath: str, reason: str, detail: str) -> None:
@@ -209,7 +202,7 @@ def run(
         existing = store.array_attrs(store_path, group, row["video_id"])
         if existing and existing.get("fingerprint") == done["fingerprint"]:
             done_rows.append(done)
-            stats_rows.extend(_stats_rows(row["video_id"], existing["stats"]))
+            stat_rows.extend(stats_rows(row["video_id"], existing["stats"]))
             summary.add("skipped")
             continue
         if existing and params.precision is not None and existing.get("fingerprint") == flow_fingerprint(
@@ -228,7 +221,7 @@ def run(
             fail(row["video_id"], row["relpath"], "bad_flow", str(exc))
             continue
         done_rows.append(done)
-        stats_rows.extend(_stats_rows(row["video_id"], existing["stats"]))
+        stat_rows.extend(stats_rows(row["video_id"], existing["stats"]))
         summary.add("re-encoded")
 
     # Built here first so that a problem (missing RAFT weights) stops the run before any work.
@@ -257,15 +250,15 @@ def run(
             "axes": list(layout.FLOW_AXES), "store_version": layout.STORE_VERSION, "stats": stats,
             **(layout.fixed_point_attrs(params.precision) if params.precision is not None else {}),
         })  # fmt: skip
-        stats_rows.extend(_stats_rows(task.video_id, stats))
+        stat_rows.extend(stats_rows(task.video_id, stats))
         done_rows.append(video.done)
         summary.add("computed")
     done_rows.sort(key=lambda r: r["video_id"])
-    stats_rows.sort(key=lambda r: (r["video_id"], r["frame"]))
+    stat_rows.sort(key=lambda r: (r["video_id"], r["frame"]))
     failures.sort(key=lambda r: r["video_id"])
     metadata = {"method": params.method, "params": method_params(params), "moving_threshold": params.moving_threshold}
     write_table(out / "videos.parquet", done_rows, FLOWED, metadata=metadata)
-    write_table(out / "stats.parquet", stats_rows, FLOW_STATS, metadata=metadata)
+    write_table(out / "stats.parquet", stat_rows, FLOW_STATS, metadata=metadata)
     write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata)
     summary.add("pairs", sum(r["num_pairs"] for r in done_rows))
     if lossy_from_store:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.models.video import r3d_18
 
-from pipeline import scan
+from pipeline import interop, scan
 from pipeline.dataset import MSCLClips
 from pipeline.interop import dequantise_flow, export_mmaction, import_rawframes, quantise_flow, r3d_18_to_mmaction
 from pipeline.store import open_flow, open_frames
@@ -115,7 +115,7 @@ def exported_tree(demo_sampled, out):
     return out / "rawframes"
 
 
-def test_import_of_an_exported_tree_gives_the_frames_and_flow_back_and_sample_runs_on_it(demo_sampled, tmp_path):
+def test_import_of_an_exported_tree_gives_the_frames_and_flow_back_and_sample_runs_on_it(demo_sampled, tmp_path, monkeypatch):
     tree = exported_tree(demo_sampled, tmp_path / "export")
     store = tmp_path / "store.zarr"
     summary = import_rawframes(tree, store, tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=None), FlowParams(method="dis"),
@@ -138,7 +138,8 @@ def test_import_of_an_exported_tree_gives_the_frames_and_flow_back_and_sample_ru
     assert read_table(tmp_path / "sample" / "clips.parquet").to_pandas().selected.sum() > 0
     item = MSCLClips(tmp_path / "sample" / "clips.parquet", store, "dis", DatasetParams(crop_size=32)).sample(0)  # what train reads
     assert item["rgb"].shape[-2:] == item["flow"].shape[-2:] == (32, 32)
-    # A re-run imports nothing again.
+    # A re-run imports nothing again, and decodes no image to find that out.
+    monkeypatch.setattr(interop, "_read_image", lambda *a, **kw: pytest.fail("a re-run decoded an image"))
     again = import_rawframes(tree, store, tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=None), FlowParams(method="dis"),
                              bound=20.0, fps=25.0, scheduler="sync")  # fmt: skip
     assert again.counts["videos"] == again.counts["unchanged"] == 12
