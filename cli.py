@@ -22,6 +22,8 @@ SchedulerOpt = typer.Option(
     None, "--scheduler", help='dask scheduler: "local" (default: a local cluster), "sync" (in-process), or an address like tcp://host:8786'
 )
 WorkersOpt = typer.Option(None, "--workers", min=1, help="worker processes of the local cluster (default: one per core)")
+VerifyOpt = typer.Option(False, "--verify", help="read every chunk of each finished array before skipping it, and rewrite "
+                         "a damaged one (without it: metadata and shard files are checked)")
 
 
 class _TqdmHandler(logging.Handler):
@@ -92,6 +94,7 @@ def decode(
     out: Optional[Path] = typer.Option(None, help="output folder for decoded.parquet and failures.parquet (default: data.decode)"),
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
+    verify: bool = VerifyOpt,
 ) -> None:
     """Decode every usable video into a Zarr frame array, resumably (params: decode)."""
     from stages import decode as stage
@@ -100,7 +103,7 @@ def decode(
     data = params.data
     summary = stage.run(
         params.decode, manifest or data.manifest, videos or data.videos, store or data.store, out or data.decode,
-        scheduler=scheduler, workers=workers,
+        scheduler=scheduler, workers=workers, verify=verify,
     )  # fmt: skip
     _finish(summary)
 
@@ -117,6 +120,7 @@ def extract_flow(
     videos: Optional[Path] = typer.Option(None, help="videos root: frames stored lossy are decoded again from it (default: data.videos)"),
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
+    verify: bool = VerifyOpt,
 ) -> None:
     """Compute optical flow for every decoded video, resumably (params: flow).
 
@@ -134,7 +138,7 @@ def extract_flow(
     flow_params = params.flow if method is None else _with_method(params.flow, method)
     data = params.data
     summary = stage.run(flow_params, decoded or data.decode, store or data.store, out or data.flow,
-                        scheduler=scheduler, workers=workers, videos_root=videos or data.videos)  # fmt: skip
+                        scheduler=scheduler, workers=workers, videos_root=videos or data.videos, verify=verify)  # fmt: skip
     _finish(summary)
 
 
@@ -148,7 +152,7 @@ def _with_method(flow_params, method: str):
 def sample(
     params_file: Path = ParamsOpt,
     flowed: Optional[Path] = typer.Option(None, help="folder holding the flow stage's videos.parquet (default: data.flow)"),
-    store: Optional[Path] = typer.Option(None, help="Zarr store with the flow (default: data.store)"),
+    store: Optional[str] = typer.Option(None, help="Zarr store with the flow, a path or an fsspec URL (default: data.store)"),
     out: Optional[Path] = typer.Option(None, help="output folder for frames.parquet, clips.parquet, failures.parquet (default: data.sample)"),
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
@@ -338,5 +342,26 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
+def main() -> None:
+    """The app, with the errors whose message is the whole story (a refused table row, a store in
+    use, a full disk, a damaged array) printed as one line and exit status 1, not a traceback."""
+    from pipeline.faults import CorruptChunkError, EnvironmentFault, is_environment
+    from pipeline.locks import LockedError
+    from schemas.paths import UnsafeValueError
+
+    try:
+        app()
+    except (CorruptChunkError, EnvironmentFault, LockedError, UnsafeValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        if not is_environment(exc):
+            raise
+        from pipeline.faults import describe
+
+        typer.echo(f"error: {describe(exc, None, exc.filename or '?')}", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app()
+    main()

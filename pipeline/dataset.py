@@ -27,12 +27,14 @@ open arrays' metadata (a bounded cache). `store` may be a local path or any fssp
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -41,7 +43,8 @@ import zarr
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from pipeline.augment import FRA_ANGLES, ViewAugment, rotate_vectors
-from pipeline.store import StoredArray
+from pipeline.store import CorruptChunkError, StoredArray, open_stored
+from pipeline.tables import check_paths
 from schemas import store as layout
 from schemas.batch import SAMPLE, VIEWS
 from schemas.params import DatasetParams
@@ -50,6 +53,7 @@ from schemas.tables import CLIP_INDEX
 # torchvision's video models (r3d_18 and others) were trained on Kinetics-400 with these.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
+log = logging.getLogger(__name__)
 
 
 def _read_parquet(path: str | Path):
@@ -81,6 +85,7 @@ class ClipIndex:
             table = _read_parquet(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no clip index; run the sample stage (python cli.py sample)") from None
+        check_paths(str(path), table)  # its ids name arrays in the store
         missing = set(CLIP_INDEX.names) - set(table.column_names) - {"complete"}  # indexes before it held complete clips only
         if missing:
             raise ValueError(f"{path}: not a clip index, columns {sorted(missing)} are missing")
@@ -121,6 +126,23 @@ class ClipIndex:
             return int(allowed[-1])
         before, after = int(allowed[i - 1]), int(allowed[i])
         return before if target - before <= after - target else after
+
+
+def chunk_runs(spans: Sequence[slice], chunk: int) -> list[tuple[int, int, list[int]]]:
+    """Spans (start < stop, step >= 1) grouped where their chunks of `chunk` frames overlap: for
+    each group, the frames [lo, hi) one read covers and the indices of its spans. Spans in
+    different chunks stay apart, so no chunk between them is read for nothing; so does a span whose
+    step skips whole chunks."""
+    dense = all((span.step or 1) <= chunk for span in spans)
+    runs: list[tuple[int, int, list[int]]] = []
+    for i in sorted(range(len(spans)), key=lambda i: spans[i].start):
+        lo, hi = spans[i].start, spans[i].stop
+        if dense and runs and lo // chunk <= (runs[-1][1] - 1) // chunk:
+            run_lo, run_hi, members = runs[-1]
+            runs[-1] = (run_lo, max(run_hi, hi), members + [i])
+        else:
+            runs.append((lo, hi, [i]))
+    return runs
 
 
 def _dist_rank_and_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -166,6 +188,9 @@ class MSCLClips(IterableDataset):
         # (epoch, samples of it already consumed on this rank), in shared memory: DataLoader workers
         # that persist across epochs (and keep their caches) read where the main process has got to.
         self._progress = torch.zeros(2, dtype=torch.int64).share_memory_()
+        # Damaged clips replaced, a slot per process (main, workers), in shared memory too.
+        self._damaged = torch.zeros(65, dtype=torch.int64).share_memory_()
+        self._warned: set[str] = set()
         self.block = 1  # samples per worker turn; ClipLoader sets it to the batch size
         self._arrays: OrderedDict[tuple[str, str], zarr.Array] = OrderedDict()
         # Whole arrays as stored, with their conversion to what a read returns, up to cache_mb.
@@ -251,7 +276,43 @@ class MSCLClips(IterableDataset):
             turn = (positions - first) // self.block % worker.num_workers
             positions = positions[turn == worker.id]
         for position in positions:
-            yield self.sample(int(items[position]), int(position), bool(padding[position]))
+            yield self._sample_or_replacement(items, int(position), bool(padding[position]))
+
+    REPLACEMENT_TRIES = 16
+
+    def _sample_or_replacement(self, items: np.ndarray, position: int, padding: bool) -> dict[str, Any]:
+        """The sample at `position`; if its clip does not read (CorruptChunkError) and
+        `on_damaged` is skip, the sample of the next item in the plan that reads, flagged as padding
+        (so batches, epochs and ranks keep their lengths), with a warning once per video."""
+        try:
+            return self.sample(int(items[position]), position, padding)
+        except CorruptChunkError as exc:
+            if self.params.on_damaged == "fail":
+                raise
+            self._note_damaged(exc)
+            first = exc
+        for offset in range(1, min(len(items), self.REPLACEMENT_TRIES + 1)):
+            try:
+                return self.sample(int(items[(position + offset) % len(items)]), position, True)
+            except CorruptChunkError as exc:
+                self._note_damaged(exc, count=False)
+        raise CorruptChunkError(f"{first}; and the next {self.REPLACEMENT_TRIES} items of the epoch are damaged too: "
+                                f"re-run the stages that wrote the store (python cli.py decode --verify, extract-flow --verify)")
+
+    def _note_damaged(self, exc: CorruptChunkError, count: bool = True) -> None:
+        if count:
+            worker = get_worker_info()
+            self._damaged[0 if worker is None else 1 + worker.id % (len(self._damaged) - 1)] += 1
+        named = re.match(r"video '([^']+)'", str(exc))
+        video = named.group(1) if named else str(exc)
+        if video not in self._warned:
+            self._warned.add(video)
+            log.warning("skipping damaged clips: %s (dataset.on_damaged: skip)", exc)
+
+    @property
+    def damaged_clips(self) -> int:
+        """Clips replaced because their data did not read, in every process of this rank so far."""
+        return int(self._damaged.sum())
 
     # -- one sample -----------------------------------------------------------------------------
 
@@ -261,8 +322,7 @@ class MSCLClips(IterableDataset):
         p = self.params
         video_id, (start1, start2), angle, view_seeds = self.draw(item, padding)
         rgbs, flows, crops, flips = [], [], [], []
-        for start, seed in zip((start1, start2), view_seeds, strict=True):
-            rgb, flow = self.read(video_id, start)
+        for (rgb, flow), seed in zip(self.read_views(video_id, (start1, start2)), view_seeds, strict=True):
             rgb, flow, geometry = self.augment(rgb, flow, seed)
             rgbs.append(rgb.permute(1, 0, 2, 3))  # (T, C, H, W) -> (C, T, H, W)
             if flow is not None:
@@ -306,50 +366,60 @@ class MSCLClips(IterableDataset):
     def read(self, video_id: str, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The clip at `start`: frames and flows start + j*stride, j < clip_len, as RGB (T, 3, H, W)
         uint8 and flow (T, 2, H, W) float16 (None without flow), exactly as stored."""
-        span = slice(start, start + (self.index.clip_len - 1) * self.index.stride + 1, self.index.stride)
-        rgb = torch.from_numpy(np.ascontiguousarray(self._read(layout.FRAMES_GROUP, video_id, span))).permute(0, 3, 1, 2)
-        if not self.with_flow:
-            return rgb, None
-        flow = self._read(layout.flow_group(self.flow_method), video_id, span)
-        if len(flow) < len(rgb):
-            raise IndexError(
-                f"clip at {start} of video {video_id!r} needs flow {span.stop - 1}, the store has fewer "
-                f"flows: the clip index is out of date with the store; re-run the sample stage"
-            )
-        return rgb, torch.from_numpy(np.ascontiguousarray(flow)).permute(0, 3, 1, 2)
+        return self.read_views(video_id, [start])[0]
 
-    def _read(self, group: str, video_id: str, span: slice) -> np.ndarray:
-        """Frames `span` of an array: from the cache of whole arrays when `cache_mb` allows,
-        otherwise straight from the store (only the chunks the span touches)."""
+    def read_views(self, video_id: str, starts: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """`read` of each start; clips of one video that share a chunk are read from the store
+        together, so that no chunk is decoded twice for one sample."""
+        spans = [slice(s, s + (self.index.clip_len - 1) * self.index.stride + 1, self.index.stride) for s in starts]
+        rgbs = self._read(layout.FRAMES_GROUP, video_id, spans)
+        if not self.with_flow:
+            return [(torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2), None) for rgb in rgbs]
+        flows = self._read(layout.flow_group(self.flow_method), video_id, spans)
+        out = []
+        for span, rgb, flow in zip(spans, rgbs, flows, strict=True):
+            if len(flow) < len(rgb):
+                raise IndexError(
+                    f"clip at {span.start} of video {video_id!r} needs flow {span.stop - 1}, the store has fewer "
+                    f"flows: the clip index is out of date with the store; re-run the sample stage"
+                )
+            rgb = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)
+            out.append((rgb, torch.from_numpy(np.ascontiguousarray(flow)).permute(0, 3, 1, 2)))
+        return out
+
+    def _read(self, group: str, video_id: str, spans: Sequence[slice]) -> list[np.ndarray]:
+        """Frames `spans` of an array: from the cache of whole arrays when `cache_mb` allows,
+        otherwise straight from the store (only the chunks the spans touch, each read once)."""
         key = (group, video_id)
         if key in self._cache:
             self._cache.move_to_end(key)
             whole, to_pixels = self._cache[key]
-            return to_pixels(whole[span])
+            return [to_pixels(whole[span]) for span in spans]
         array = self._array(group, video_id)
         budget = self.params.cache_mb * 2**20
         size = int(np.prod(array.shape)) * array.array.dtype.itemsize
         if size > budget:
-            return array[span]
+            out: list[np.ndarray] = [np.empty(0)] * len(spans)
+            for lo, hi, members in chunk_runs(spans, array.chunks[0]):
+                block = array.stored(slice(lo, hi))
+                for i in members:
+                    out[i] = array.to_pixels(block[spans[i].start - lo : spans[i].stop - lo : spans[i].step])
+            return out
         whole = array.stored(slice(None))  # kept as stored (fixed-point flow: int16), converted per clip
         self._cache[key] = (whole, array.to_pixels)
         self._cache_bytes += whole.nbytes
         while self._cache_bytes > budget:
             _, (dropped, _) = self._cache.popitem(last=False)
             self._cache_bytes -= dropped.nbytes
-        return array.to_pixels(whole[span])
+        return [array.to_pixels(whole[span]) for span in spans]
 
     def _array(self, group: str, video_id: str) -> StoredArray:
         key = (group, video_id)
         if key in self._arrays:
             self._arrays.move_to_end(key)
             return self._arrays[key]
-        url = f"{self.store}/{group}/{video_id}"
-        try:
-            array = StoredArray(zarr.open_array(store=url, mode="r", zarr_format=3), group, video_id)
-        except FileNotFoundError:
-            stage = "decode" if group == layout.FRAMES_GROUP else "flow (python cli.py extract-flow)"
-            raise FileNotFoundError(f"{url}: no such array for video {video_id!r}; run the {stage} stage") from None
+        stage = "decode" if group == layout.FRAMES_GROUP else "flow (python cli.py extract-flow)"
+        array = open_stored(f"{self.store}/{group}/{video_id}", group, video_id, stage)
         self._arrays[key] = array
         if len(self._arrays) > self.OPEN_ARRAYS:
             self._arrays.popitem(last=False)

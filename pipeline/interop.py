@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline import codecs, scan
+from pipeline import codecs, locks, scan
 from pipeline import store as stores
 from pipeline.decode import output_size
 from pipeline.flowstats import flow_stats, stats_rows
@@ -333,6 +333,7 @@ def _write_imported_flow(task: ImportTask, video_id: str, flow: np.ndarray, fram
         stores.discard_partial(partial)
 
 
+@locks.holding("store", "import-rawframes")
 def import_rawframes(root: str | Path, store: str | Path, decode_out: str | Path, flow_out: str | Path, decode: DecodeParams,
                      flow: FlowParams, *, bound: float | None, fps: float, scheduler: str | None = None,
                      workers: int | None = None) -> Summary:  # fmt: skip

@@ -27,6 +27,13 @@ def video_id(relpath: str) -> str:
     return f"{slug[:_MAX_SLUG]}-{digest}"
 
 
+def _points_to_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class FoundVideo:
     path: Path  # as reached from the root (may pass through symlinks)
@@ -44,7 +51,8 @@ def scan_videos(root: str | Path, extensions: list[str] | tuple[str, ...], *, fo
     """Every file under `root` whose extension (any case) is in `extensions`, in sorted order.
 
     Symlinked directories are followed when asked, each real directory at most once, so a symlink
-    loop ends the descent with a note instead of recursing forever.
+    loop ends the descent with a note instead of recursing forever. Without `follow_symlinks` no
+    symlink is read, file or folder, and each is listed in `skipped`.
     """
     root = Path(root)
     if not root.is_dir():
@@ -72,13 +80,15 @@ def scan_videos(root: str | Path, extensions: list[str] | tuple[str, ...], *, fo
             return
         for entry in entries:
             child_rel = f"{rel}/{entry.name}" if rel else entry.name
+            if not follow_symlinks and entry.is_symlink():
+                if Path(entry.name).suffix.lower() in wanted or _points_to_dir(entry):
+                    skipped.append((child_rel, "a symlink, not followed (probe.follow_symlinks: false)"))
+                continue
             try:
                 is_dir = entry.is_dir(follow_symlinks=follow_symlinks)
             except OSError:
                 is_dir = False  # a link loop on a file name: treated as a file, probing reports it
             if is_dir:
-                if entry.is_symlink() and not follow_symlinks:
-                    continue
                 walk(Path(entry.path), child_rel)
             elif Path(entry.name).suffix.lower() in wanted:
                 videos.append(FoundVideo(Path(entry.path), child_rel, video_id(child_rel)))

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from pipeline.tables import read_table
+from schemas import paths
 from schemas.tables import LABEL_SPLITS, LABELS
 
 COLUMNS = LABELS.names  # relpath, label, group, split
@@ -146,6 +147,7 @@ def read_labels(path: str | Path, split: int = 1) -> pd.DataFrame:
     entries = _ucf101(path, split) if kind == "ucf101" else _hmdb51(path, split)
     seen: dict[str, Entry] = {}
     for entry in entries:
+        paths.check_relpath(entry.relpath, f"{path}, {entry.where}")
         first = seen.setdefault(entry.relpath, entry)
         if (first.label, first.split) != (entry.label, entry.split):
             raise SplitError(f"{path}: {entry.relpath} is listed as {first.label}/{first.split} ({first.where}) "

@@ -8,6 +8,12 @@ schemas/store.py, codecs in pipeline/codecs.py. Arrays opened here raise `Corrup
 names the video, the array and the chunk, for a chunk that does not decode or a shard file that is
 gone, where zarr would return the fill value for the latter; they give fixed-point flow as float16
 pixels, as every reader expects.
+
+Readers (`open_finished` and the functions on it, `array_meta`, `array_attrs`) also take the store as
+an fsspec URL (`s3://bucket/store.zarr`), opened by zarr's FsspecStore; writers need a local folder.
+Credentials and an S3-compatible endpoint come from the environment (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3, ...) or fsspec's configuration, as s3fs and botocore read
+them; nothing here takes, stores or prints them.
 """
 
 from __future__ import annotations
@@ -20,16 +26,34 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
+import fsspec
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
 from pipeline import codecs
+from pipeline.faults import CorruptChunkError
+from schemas import paths
 from schemas import store as layout
 
 
 def group_path(store: str | Path, group: str) -> Path:
     return Path(store) / group
+
+
+def is_url(store: str | Path) -> bool:
+    """Whether `store` is an fsspec URL (s3://bucket/store.zarr, file:///...) rather than a local path."""
+    return "://" in str(store)
+
+
+def location(store: str | Path) -> str:
+    """The store as tasks in other processes are given it: a URL as it is, a local path made absolute."""
+    return str(store).rstrip("/") if is_url(store) else str(Path(store).absolute())
+
+
+def array_location(store: str | Path, group: str, name: str) -> str:
+    """Where the array `group/name` of `store` is: a URL below a URL, a local path below a path."""
+    return f"{str(store).rstrip('/')}/{group}/{name}" if is_url(store) else str(group_path(store, group) / name)
 
 
 def ensure_group(store: str | Path, group: str) -> zarr.Group:
@@ -45,10 +69,13 @@ def ensure_group(store: str | Path, group: str) -> zarr.Group:
 def array_meta(store: str | Path, group: str, name: str) -> dict[str, Any] | None:
     """The metadata (shape, attributes, ...) of a finished array, or None if there is none
     (cheap: reads one small JSON file)."""
-    meta = group_path(store, group) / name / "zarr.json"
+    meta = f"{array_location(store, group, name)}/zarr.json"
     try:
-        return json.loads(meta.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        if is_url(store):
+            with fsspec.open(meta, "rt") as handle:
+                return json.loads(handle.read())
+        return json.loads(Path(meta).read_text())
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8 or not JSON: no finished array
         return None
 
 
@@ -67,6 +94,9 @@ def finished_arrays(store: str | Path, group: str) -> list[str]:
 
 
 def remove_array(store: str | Path, group: str, name: str) -> None:
+    """Delete a finished array; `name` must be a video id (one safe path component), so nothing
+    outside `group` can ever be deleted, whatever a table says."""
+    paths.check_id(name, f"removing an array from {group_path(store, group)}")
     shutil.rmtree(group_path(store, group) / name, ignore_errors=True)
 
 
@@ -212,6 +242,22 @@ def _regroup(blocks: Iterable[np.ndarray], size: int, frame_shape: tuple[int, ..
         yield np.concatenate(pending)
 
 
+def damage(store: str | Path, group: str, name: str, *, verify: bool = False) -> str | None:
+    """Why the finished array `group/name` cannot be trusted, or None: its metadata does not read or
+    a shard file is missing (cheap: one small read and a stat per shard); with `verify`, also a
+    chunk that does not decode (reads everything). A producing stage rewrites a damaged array
+    instead of skipping it for its matching fingerprint."""
+    try:
+        array = open_finished(store, group, name, "its")
+        if verify:
+            shard = (array.shards or array.chunks)[0]
+            for start in range(0, array.shape[0], shard):
+                array.stored(slice(start, start + shard))
+    except (CorruptChunkError, FileNotFoundError) as exc:
+        return str(exc)
+    return None
+
+
 def open_frames(store: str | Path, name: str) -> StoredArray:
     """A finished frames array, read-only: (T, H, W, 3) uint8."""
     return open_finished(store, layout.FRAMES_GROUP, name, "decode")
@@ -223,14 +269,25 @@ def open_flow(store: str | Path, method: str, name: str) -> StoredArray:
 
 
 def open_finished(store: str | Path, group: str, name: str, stage: str) -> StoredArray:
-    path = group_path(store, group) / name
-    if not (path / "zarr.json").is_file():
-        raise FileNotFoundError(f"no {group} array for video {name!r} in {store}; run the {stage} stage")
-    return StoredArray(zarr.open_array(store=str(path), mode="r", zarr_format=3), group, name)
+    """A finished array, read-only, from a local store or one at an fsspec URL."""
+    where = array_location(store, group, name)
+    missing = f"no {group} array for video {name!r} in {store}; run the {stage} stage"
+    if not is_url(store) and not (Path(where) / "zarr.json").is_file():
+        raise FileNotFoundError(missing)
+    return open_stored(where, group, name, stage)
 
 
-class CorruptChunkError(ValueError):
-    """Stored data that does not read back; the message names the video, the array and the chunk."""
+def open_stored(where: str, group: str, name: str, stage: str) -> StoredArray:
+    """The array at `where` (a path or URL) as a StoredArray; metadata that does not read (not
+    UTF-8, not JSON, not an array, unreadable) raises CorruptChunkError naming the video and array."""
+    try:  # for a URL, one request fewer than asking first; zarr's ArrayNotFoundError is a FileNotFoundError
+        array = zarr.open_array(store=where, mode="r", zarr_format=3)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {group} array for video {name!r} in {where}; run the {stage} stage") from None
+    except Exception as exc:  # zarr raises many kinds for bad metadata: every one is this array's damage
+        raise CorruptChunkError(f"video {name!r}, array {group}/{name}: its metadata (zarr.json) does not read "
+                                f"({type(exc).__name__}: {exc}); re-run the {stage} stage") from exc  # fmt: skip
+    return StoredArray(array, group, name)
 
 
 class StoredArray:

@@ -11,6 +11,8 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas import paths
+
 
 def atomic_write_bytes(path: str | Path, write) -> None:
     """Call write(tmp_path) then rename over `path`, so readers never see a half-written file."""
@@ -61,7 +63,26 @@ def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
     table = pq.read_table(path)
     if schema is not None and table.schema.names != schema.names:
         raise ValueError(f"{path}: columns {table.schema.names} differ from the declared {schema.names}; re-run its stage")
+    check_paths(str(path), table)
     return table
+
+
+def check_paths(name: str, table: pa.Table) -> None:
+    """Refuse a table whose ids or relpaths could reach outside their roots (schemas/paths.py)."""
+    for column in (*paths.ID_COLUMNS, *paths.RELPATH_COLUMNS):
+        if column in table.column_names:
+            values = table.column(column)  # a clip index repeats each id many times: check each once
+            paths.check_column(name, column, _Lazy(values), values.unique().to_pylist())
+
+
+class _Lazy:
+    """A column's values as a list, made only if asked for (to find the row of a bad value)."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.column = column
+
+    def __iter__(self):
+        return iter(self.column.to_pylist())
 
 
 def table_metadata(path: str | Path) -> dict[str, Any]:

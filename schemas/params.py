@@ -343,6 +343,10 @@ class DatasetParams(Section):
     )
     rotation: bool = Field(True, description="Flow Rotation Augmentation: also yield the flow rotated by b = (0.2 + 0.2k)pi")
     cache_mb: int = Field(0, ge=0, description="per process: keep whole decoded videos in memory (LRU) up to this many MiB; 0 reads each clip from the store")
+    on_damaged: Literal["skip", "fail"] = Field(
+        "skip", description="a clip whose chunks do not read (damaged store): skip, it is replaced by the next readable "
+        "item's sample, flagged as padding, warned about once per video and counted in metrics.json "
+        "(clips_replaced_damaged); or fail the run, naming the video, the array and the chunk")
     shuffle: bool = True
     drop_last: bool = Field(False, description="false: pad ranks to equal length with repeats (flagged); true: drop the remainder")
     seed: int = 0
@@ -410,6 +414,8 @@ class TrainParams(Section):
     amp: bool = Field(True, description="mixed precision on CUDA (float16, the losses in float32); CPU trains in float32 "
                       "(bfloat16 was not deterministic there: bench/train_step.py)")
     num_workers: int = Field(2, ge=0, description="DataLoader workers per rank")
+    threads: int = Field(0, ge=0, description="torch threads per rank; 0: the cores this process may use "
+                         "(os.sched_getaffinity, so taskset/cgroups apply) shared among the ranks on this machine")
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0

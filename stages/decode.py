@@ -11,12 +11,12 @@ longer in the manifest are removed, so the store always matches the manifest and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from pipeline import store
+from pipeline import faults, locks, store
 from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks, output_size, stored_frame_count
 from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.probe import decoded_size
@@ -39,6 +39,7 @@ class DecodeItem:
     store: str
     fingerprint: str
     expected_frames: int
+    verify: bool = False  # read every chunk of a finished array before skipping it
 
 
 def plan_item(row: dict[str, Any], videos_root: Path, params: DecodeParams, store_path: str) -> DecodeItem:
@@ -91,8 +92,11 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
     """("skipped" | "decoded", decoded row) or ("failed", failure row)."""
     row = item.video
     existing = store.array_attrs(item.store, layout.FRAMES_GROUP, row["video_id"])
+    status = "decoded"
     if existing and existing.get("fingerprint") == item.fingerprint:
-        return "skipped", decoded_row(item, existing["num_frames"])
+        if not store.damage(item.store, layout.FRAMES_GROUP, row["video_id"], verify=item.verify):
+            return "skipped", decoded_row(item, existing["num_frames"])
+        status = "damaged, decoded again"
     spec = item.spec
     stored = decoded_row(item, 0)  # rate, step and scale, as the decode table will show them
     attrs = {
@@ -124,10 +128,13 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
         detail = str(exc).replace(f"file:{item.path}", row["relpath"]).replace(item.path, row["relpath"])
         return "failed", failure(STAGE, row["video_id"], row["relpath"], "decode_error", detail)
     except OSError as exc:
+        if faults.is_environment(exc, (item.store,)):  # the store's disk, not the video: stop the stage
+            raise faults.fault(exc, row["relpath"], item.store, needed=item.expected_frames * spec.height * spec.width * 3) from None
         return "failed", failure(STAGE, row["video_id"], row["relpath"], "unreadable", f"{exc.strerror or exc}")
-    return "decoded", decoded_row(item, count)
+    return status, decoded_row(item, count)
 
 
+@locks.holding("store_path", "decode")
 def run(
     params: DecodeParams,
     manifest: str | Path,
@@ -137,13 +144,16 @@ def run(
     *,
     scheduler: str | None = None,
     workers: int | None = None,
+    verify: bool = False,
 ) -> Summary:
+    """Decode every video of the manifest into the store. A finished array whose fingerprint matches
+    is skipped unless it is damaged (metadata or a shard file; with `verify`, any chunk)."""
     summary = Summary("decode")
     videos = read_table(Path(manifest) / "videos.parquet", VIDEOS).to_pylist()
     store_name, store_path, out = str(store_path), str(Path(store_path).absolute()), Path(out)
     if stale := store.prepare_group(store_path, layout.FRAMES_GROUP, {row["video_id"] for row in videos}):
         summary.add("stale arrays removed", stale)
-    items = [plan_item(row, Path(videos_root), params, store_path) for row in videos]
+    items = [replace(plan_item(row, Path(videos_root), params, store_path), verify=verify) for row in videos]
     rows, failures = [], []
     results = map_progress(
         decode_one, items, scheduler=scheduler, workers=workers, desc="decode", unit="frame",

@@ -35,12 +35,13 @@ from pipeline.evaluation import (centre_clip, centre_flow_clip, clip_starts, def
 from pipeline.models import exported_module, flow_backbone, rgb_backbone
 from pipeline.mscl import flow_encoder_input
 from pipeline.splits import match_videos, read_labels
-from pipeline.store import open_flow, open_frames
-from pipeline.tables import atomic_write_bytes, read_table
+from pipeline.store import CorruptChunkError, open_flow, open_frames
+from pipeline.tables import atomic_write_bytes, read_table, write_table
 from schemas.params import Params
-from schemas.tables import DECODED
-from stages.common import Summary
+from schemas.tables import DECODED, FAILURES
+from stages.common import Summary, failure, log_failure
 
+STAGE = "evaluate"
 MODELS = ("mscl", "rgb_only", "random")
 
 
@@ -96,18 +97,28 @@ def per_video(features: torch.Tensor, clip_video: np.ndarray, videos: int) -> to
     return torch.stack([features[clip_video == i].mean(0) for i in range(videos)])
 
 
-def diagnostics(params: Params, videos, train_dir: Path, store: str | Path, gallery: np.ndarray) -> dict[str, Any]:
-    """Flow encoder retrieval (trained and random) and the non-learned motion descriptor, on the flow."""
+def diagnostics(params: Params, videos, train_dir: Path, store: str | Path, gallery: np.ndarray,
+                failures: list[dict[str, str]]) -> dict[str, Any]:  # fmt: skip
+    """Flow encoder retrieval (trained and random) and the non-learned motion descriptor, on the flow.
+    A video whose flow is damaged in the store goes to `failures` and is left out of these."""
     e, d, clip_len, stride = params.evaluate, params.dataset, params.sample.clip_len, params.sample.stride
-    labels = videos.label.to_numpy()
-    clips, clip_video, histograms = [], [], []
+    clips, clip_video, histograms, bad = [], [], [], set()
     for i, row in tqdm(list(videos.iterrows()), desc="evaluate: flow", unit="video"):
-        flow = open_flow(store, params.flow.method, row.video_id)[:]
+        try:
+            flow = open_flow(store, params.flow.method, row.video_id)[:]
+        except CorruptChunkError as exc:
+            failures.append(failure(STAGE, row.video_id, row.relpath, "bad_flow", str(exc)))
+            log_failure(failures[-1])
+            bad.add(row.video_id)
+            continue
         histograms.append(motion_histogram(flow))
         for start in clip_starts(len(flow), clip_len, stride, e.clips_per_video):
             clips.append(centre_flow_clip(flow[start : start + (clip_len - 1) * stride + 1 : stride], d.crop_size, d.flow_norm, d.flow_bound,
                                           d.flow_camera))  # fmt: skip
             clip_video.append(i)
+    if bad:
+        videos, gallery, clip_video = _without(videos, gallery, clip_video, bad)
+    labels = videos.label.to_numpy()
     clip_video = np.array(clip_video)
     out: dict[str, Any] = {"motion_histogram": video_metrics(torch.tensor(np.stack(histograms)), labels, gallery, e.ks, e.knn)}
     model = train_dir / "mscl" / "model.pt"
@@ -118,6 +129,13 @@ def diagnostics(params: Params, videos, train_dir: Path, store: str | Path, gall
         features = clip_features(backbone, clips, e.batch_size, lambda batch: flow_encoder_input(batch, flow_input))
         out[name] = video_metrics(per_video(features, clip_video, len(videos)), labels, gallery, e.ks, e.knn)
     return out
+
+
+def _without(videos, gallery_video: np.ndarray, clip_video: list[int], bad: set[str]):
+    """The videos, gallery mask and clips' video indices with the `bad` videos left out."""
+    keep = ~videos.video_id.isin(bad).to_numpy()
+    new_index = np.cumsum(keep) - 1  # old row -> new row, for the rows kept
+    return videos[keep].reset_index(drop=True), gallery_video[keep], [int(new_index[i]) for i in clip_video]
 
 
 def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_dir: str | Path, store: str | Path,
@@ -149,12 +167,21 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
     summary.add("gallery videos", int(gallery_video.sum()))
     summary.add("query videos", int((~gallery_video).sum()))
 
-    clips, clip_video = [], []
+    clips, clip_video, failures = [], [], []
     for i, row in tqdm(list(videos.iterrows()), desc="evaluate: clips", unit="video"):
-        frames = open_frames(store, row.video_id)
-        for start in clip_starts(row.num_frames, clip_len, stride, e.clips_per_video):
-            clips.append(centre_clip(frames[start : start + (clip_len - 1) * stride + 1 : stride], params.dataset.crop_size))
-            clip_video.append(i)
+        try:
+            frames = open_frames(store, row.video_id)
+            starts = clip_starts(row.num_frames, clip_len, stride, e.clips_per_video)
+            read = [centre_clip(frames[s : s + (clip_len - 1) * stride + 1 : stride], params.dataset.crop_size) for s in starts]
+        except CorruptChunkError as exc:  # that video is left out, the rest evaluated
+            failures.append(failure(STAGE, row.video_id, row.relpath, "bad_frames", str(exc)))
+            log_failure(failures[-1])
+            continue
+        clips += read
+        clip_video += [i] * len(read)
+    if failures:
+        videos, gallery_video, clip_video = _without(videos, gallery_video, clip_video, {f["video_id"] for f in failures})
+        summary.add("videos left out (damaged in the store)", len(failures))
     clip_video = np.array(clip_video)
     clip_labels = videos.label.to_numpy()[clip_video]
     in_gallery = gallery_video[clip_video]
@@ -196,10 +223,12 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
                 margin = metrics["mscl"][protocol]["top1"] - metrics[other][protocol]["top1"]
                 metrics["margin"][f"mscl_vs_{other}_{protocol}_top1"] = round(margin, 2)
     if e.diagnostics:
-        metrics["diagnostics"] = diagnostics(params, videos, Path(train_dir), store, gallery_video)
+        metrics["diagnostics"] = diagnostics(params, videos, Path(train_dir), store, gallery_video, failures)
         for name, result in metrics["diagnostics"].items():
             summary.notes.append(f"{name:>19}: videos R@1 {result['R@1']:5.1f}  knn_top1 {result['knn_top1']:5.1f}")
     out = Path(out)
+    failures.sort(key=lambda row: (row["video_id"], row["detail"]))
+    write_table(out / "failures.parquet", failures, FAILURES)
     atomic_write_bytes(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
     summary.notes.append(f"MSCL R@1 over RGB-only {metrics['margin']['mscl_vs_rgb_only_R@1']:+.1f}, "
                          f"over random weights {metrics['margin']['mscl_vs_random_R@1']:+.1f} points")  # fmt: skip

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import codecs, store
+from pipeline import codecs, faults, locks, store
 from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks
 from pipeline.flow import DIS, RAFT, TVL1, DISConfig, Farneback, FarnebackConfig, FlowError, FlowEstimator, RAFTConfig, TVL1Config
 from pipeline.flowstats import STAT_NAMES, flow_stats, stats_rows
@@ -34,7 +34,7 @@ from pipeline.tables import read_table, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams
 from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
-from stages.common import Summary, failure, fingerprint, frames_fingerprint, log_failure
+from stages.common import Summary, failure, fingerprint, frames_fingerprint, log_failure, log
 
 STAGE = "flow"
 
@@ -135,7 +135,28 @@ def flow_task(task: FlowTask) -> dict[str, Any]:
                 stats[name].extend(values.tolist())
     except (store.CorruptChunkError, DecodeError, FlowError) as exc:
         return {"task": task, "error": str(exc)}
+    except OSError as exc:  # reads fail as CorruptChunkError: this is a write into the partial array
+        if faults.is_environment(exc, (task.store,)):
+            raise faults.fault(exc, task.relpath, task.partial, needed=_task_bytes(task)) from None
+        raise
     return {"task": task, "flat_frames": flat, "stats": stats}
+
+
+def _task_bytes(task: FlowTask) -> int | None:
+    """What a task's flow takes uncompressed (an upper bound of what it writes)."""
+    meta = store.array_meta(Path(task.partial).parent, "", Path(task.partial).name) or {}
+    shape = meta.get("shape")
+    return None if not shape else (task.stop - task.start) * shape[1] * shape[2] * 2 * 2
+
+
+def _discarding_on_fault(results: Iterator[dict[str, Any]], pending: dict[str, _Video]) -> Iterator[dict[str, Any]]:
+    """The results; if the machine fails the run (a full disk), first drop this run's partial arrays."""
+    try:
+        yield from results
+    except faults.EnvironmentFault:
+        for video in pending.values():
+            store.discard_partial(video.partial)
+        raise
 
 
 @dataclass
@@ -152,6 +173,7 @@ class _Video:
     error: str | None = None
 
 
+@locks.holding("store_path", "extract-flow")
 def run(
     params: FlowParams,
     decoded: str | Path,
@@ -161,10 +183,13 @@ def run(
     scheduler: str | None = None,
     workers: int | None = None,
     videos_root: str | Path | None = None,
+    verify: bool = False,
 ) -> Summary:
     """Flow of every decoded video. Frames stored lossy (decode.codec jpeg, ...) are decoded again
     from the source under `videos_root`, so the flow is the same as from lossless frames (and keeps
-    its fingerprint across frame codecs); without `videos_root` it comes from the stored frames."""
+    its fingerprint across frame codecs); without `videos_root` it comes from the stored frames.
+    A finished flow array is computed again if damaged (metadata or a shard file; with `verify`,
+    any chunk), even where its fingerprint matches."""
     summary = Summary(f"extract-flow ({params.method})")
     lossy_from_store = 0
     out, store_path = Path(out), str(Path(store_path).absolute())
@@ -200,6 +225,10 @@ def run(
                 "method": params.method, "num_pairs": row["num_frames"] - 1,
                 "fingerprint": flow_fingerprint(frames_fp, params)}  # fmt: skip
         existing = store.array_attrs(store_path, group, row["video_id"])
+        if existing and (damaged := store.damage(store_path, group, row["video_id"], verify=verify)):
+            log.warning("%s: rewriting its flow: %s", row["relpath"], damaged)
+            summary.add("damaged")
+            existing = None
         if existing and existing.get("fingerprint") == done["fingerprint"]:
             done_rows.append(done)
             stat_rows.extend(stats_rows(row["video_id"], existing["stats"]))
@@ -228,6 +257,7 @@ def run(
     estimator_info = make_estimator(params).describe() if tasks else None
     results = map_progress(flow_task, tasks, scheduler=scheduler, workers=workers, desc="extract-flow", unit="pair",
                            weight=lambda task: task.stop - task.start, noun="tasks")  # fmt: skip
+    results = _discarding_on_fault(results, pending)
     for result in results:
         task: FlowTask = result["task"]
         video = pending[task.video_id]

@@ -105,7 +105,7 @@ def run(
     summary = Summary("probe")
     scan = scan_videos(videos_root, params.extensions, follow_symlinks=params.follow_symlinks)
     for rel, why in scan.skipped:
-        summary.notes.append(f"skipped folder {rel}: {why}")
+        summary.notes.append(f"skipped {rel}: {why}")
     ids = [v.video_id for v in scan.videos]
     if len(set(ids)) != len(ids):
         raise RuntimeError("two videos got the same id; please report this with the file names")  # hash collision

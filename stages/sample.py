@@ -126,7 +126,7 @@ def run(
     workers: int | None = None,
 ) -> Summary:
     summary = Summary("sample")
-    out, store_path = Path(out), str(Path(store_path).absolute())
+    out, store_path = Path(out), store.location(store_path)  # a local path made absolute, or an fsspec URL as given
     videos = read_table(Path(flowed) / "videos.parquet", FLOWED).to_pylist()
     scoring = (params.block, params.noise_floor, params.convention, SCORING_VERSION)
     scoring += () if params.flow_grid is None else (params.flow_grid,)  # unset: the keys of scores made before it

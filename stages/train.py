@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import locks
 from pipeline.mscl import Method
 from pipeline.trainer import train
 from schemas.params import Params
 from stages.common import Summary
 
 
+@locks.holding("out", "train", distributed=True)
 def run(params: Params, method: Method, index: str | Path, store: str | Path, out: str | Path, *,
         stop_after: int | None = None, progress: bool = True) -> Summary:  # fmt: skip
     summary = Summary(f"train {method}")
