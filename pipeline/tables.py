@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas import paths
@@ -68,21 +69,15 @@ def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
 
 
 def check_paths(name: str, table: pa.Table) -> None:
-    """Refuse a table whose ids or relpaths could reach outside their roots (schemas/paths.py)."""
+    """Refuse a table whose ids or relpaths could reach outside their roots (schemas/paths.py),
+    naming the table, the first bad row and its value."""
     for column in (*paths.ID_COLUMNS, *paths.RELPATH_COLUMNS):
         if column in table.column_names:
-            values = table.column(column)  # a clip index repeats each id many times: check each once
-            paths.check_column(name, column, _Lazy(values), values.unique().to_pylist())
-
-
-class _Lazy:
-    """A column's values as a list, made only if asked for (to find the row of a bad value)."""
-
-    def __init__(self, column: pa.ChunkedArray) -> None:
-        self.column = column
-
-    def __iter__(self):
-        return iter(self.column.to_pylist())
+            values = table.column(column)
+            bad = paths.first_problem(column, values.unique().to_pylist())  # a clip index repeats each id
+            if bad:
+                row = pc.index(values, bad[0]).as_py()
+                raise paths.refuse(f"{name}, row {row}", column, *bad)
 
 
 def table_metadata(path: str | Path) -> dict[str, Any]:

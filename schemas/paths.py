@@ -2,15 +2,15 @@
 
 A video id names a folder in the store and files in output folders, and a relpath is joined onto
 the videos root: a table edited by hand, or written by another tool, must not be able to reach
-outside either. `check_column` runs where a table is read (pipeline/tables.py read_table) on every
-column declared here, and refuses a bad row with the table, the row and the value.
+outside either. pipeline/tables.py checks every column declared here where a table is read, and
+refuses a bad row naming the table, the row and the value.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 # pipeline/scan.py video_id: a slug of [A-Za-z0-9._-] that starts with a letter or digit, "-", 8 hex.
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -43,26 +43,25 @@ def relpath_problem(value: Any) -> str | None:
 
 def check_id(value: Any, where: str) -> str:
     """`value` if it is a safe id, else UnsafeValueError naming `where` (table and row)."""
-    problem = id_problem(value)
-    if problem:
-        raise UnsafeValueError(f"{where}: video_id {value!r} {problem}; refused")
+    if problem := id_problem(value):
+        raise refuse(where, "video_id", value, problem)
     return value
 
 
 def check_relpath(value: Any, where: str) -> str:
-    problem = relpath_problem(value)
-    if problem:
-        raise UnsafeValueError(f"{where}: relpath {value!r} {problem}; refused")
+    if problem := relpath_problem(value):
+        raise refuse(where, "relpath", value, problem)
     return value
 
 
-def check_column(table: str, column: str, values: Sequence[Any], unique: Iterable[Any] | None = None) -> None:
-    """Refuse the first row of `column` (an id or a relpath column) holding an unsafe value, naming
-    the table, the row and the value. `unique`: its distinct values, if known (each checked once);
-    `values` is then looked at only to find the row of a bad one."""
+def first_problem(column: str, values: Iterable[Any]) -> tuple[Any, str] | None:
+    """(value, why) for the first unsafe value of an id or relpath `column`, or None."""
     problem_of = id_problem if column in ID_COLUMNS else relpath_problem
-    for value in values if unique is None else unique:
-        problem = problem_of(value)
-        if problem:
-            row = list(values).index(value)
-            raise UnsafeValueError(f"{table}, row {row}: {column} {value!r} {problem}; refused")
+    for value in values:
+        if problem := problem_of(value):
+            return value, problem
+    return None
+
+
+def refuse(where: str, column: str, value: Any, problem: str) -> UnsafeValueError:
+    return UnsafeValueError(f"{where}: {column} {value!r} {problem}; refused")
