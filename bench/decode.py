@@ -9,7 +9,9 @@ one run, frames per second of:
   - baseline_jpeg: the same loop writing every frame as a JPEG file (the "rawframes" folders of
     mmaction2-style tools, which users keep today);
   - the decode stage in-process ("sync"), with a 1-worker and a W-worker local dask cluster (these
-    write Zarr shards; cluster start-up is included, as a user would wait for it).
+    write Zarr shards; cluster start-up is included, as a user would wait for it);
+  - what fsync costs (README, "What is promised under power loss"): the stage in-process with fsync
+    on (the default) and off (MSCL_FSYNC=0), alternated --fsync-repeats times, the best of each.
 Prints one JSON object.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -79,6 +82,7 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=48)
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--fsync-repeats", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cv2.setNumThreads(1)  # the baseline is the plain single-process loop
@@ -118,6 +122,21 @@ def main() -> None:
         results[f"{name}_vs_baseline"] = round(results[f"{name}_fps"] / results["baseline_cv2_loop_fps"], 2)
         results[f"{name}_vs_baseline_jpeg"] = round(results[f"{name}_fps"] / results["baseline_cv2_jpeg_fps"], 2)
     results["store_files"] = sum(1 for p in (work / f"stage_{args.workers}_workers.zarr").rglob("*") if p.is_file())
+
+    best = {"on": float("inf"), "off": float("inf")}
+    for repeat in range(args.fsync_repeats):
+        for mode in ("on", "off") if repeat % 2 == 0 else ("off", "on"):
+            name = f"fsync_{mode}_{repeat}"
+            os.environ["MSCL_FSYNC"] = "1" if mode == "on" else "0"
+            start = time.perf_counter()
+            decode_stage.run(params, work / "manifest", videos, work / f"{name}.zarr", work / name, scheduler="sync")
+            best[mode] = min(best[mode], time.perf_counter() - start)
+            shutil.rmtree(work / f"{name}.zarr")
+    os.environ.pop("MSCL_FSYNC")
+    results["stage_sync_fsync_on_fps"] = round(frames / best["on"], 1)
+    results["stage_sync_fsync_off_fps"] = round(frames / best["off"], 1)
+    results["fsync_cost_s_per_video"] = round((best["on"] - best["off"]) / args.videos, 4)
+    results["fsync_cost_percent"] = round(100 * (best["on"] / best["off"] - 1), 1)
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
 

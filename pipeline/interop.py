@@ -41,7 +41,7 @@ from pipeline.decode import output_size
 from pipeline.flowstats import flow_stats, stats_rows
 from pipeline.parallel import map_progress
 from pipeline.splits import match_videos, read_labels
-from pipeline.tables import read_table, write_table
+from pipeline.tables import FileSet, read_table, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams
 from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
@@ -342,6 +342,8 @@ def import_rawframes(root: str | Path, store: str | Path, decode_out: str | Path
     and `evaluate` run on it unchanged. A folder that cannot be imported goes to failures.parquet
     with its reason; the rest go through. A re-run skips arrays whose fingerprint is unchanged."""
     summary = Summary("import")
+    for folder in (decode_out, flow_out) if bound is not None else (decode_out,):
+        sweep(folder)  # what a killed run left: its tables' temporary files, a committed set to finish
     folders = find_rawframe_folders(root)
     wanted = {scan.video_id(relpath) for relpath in folders}  # as the decode stage: the store holds what the tree holds
     stale = stores.prepare_group(store, layout.FRAMES_GROUP, wanted)
@@ -356,13 +358,16 @@ def import_rawframes(root: str | Path, store: str | Path, decode_out: str | Path
     decoded = [r["decoded"] for r in results if "decoded" in r]
     flowed = [r["flowed"] for r in results if "flowed" in r]
     metadata = {"params": decode.model_dump(mode="json"), "store": Path(store).name, "imported_from": str(root)}
-    write_table(Path(decode_out) / "decoded.parquet", decoded, DECODED, metadata=metadata)
-    write_table(Path(decode_out) / "failures.parquet", failures, FAILURES, metadata=metadata)
+    with FileSet(decode_out) as files:  # each folder's tables replaced together, or none
+        write_table(Path(decode_out) / "decoded.parquet", decoded, DECODED, metadata=metadata, files=files)
+        write_table(Path(decode_out) / "failures.parquet", failures, FAILURES, metadata=metadata, files=files)
     if bound is not None:
         flow_meta = {"method": flow.method, "params": {"imported": True, "bound": bound}, "moving_threshold": flow.moving_threshold}
-        write_table(Path(flow_out) / "videos.parquet", flowed, FLOWED, metadata=flow_meta)
-        write_table(Path(flow_out) / "stats.parquet", [row for r in results for row in r.get("stats", [])], FLOW_STATS, metadata=flow_meta)
-        write_table(Path(flow_out) / "failures.parquet", [], FAILURES, metadata=flow_meta)
+        stats = [row for r in results for row in r.get("stats", [])]
+        with FileSet(flow_out) as files:
+            write_table(Path(flow_out) / "videos.parquet", flowed, FLOWED, metadata=flow_meta, files=files)
+            write_table(Path(flow_out) / "stats.parquet", stats, FLOW_STATS, metadata=flow_meta, files=files)
+            write_table(Path(flow_out) / "failures.parquet", [], FAILURES, metadata=flow_meta, files=files)
     summary.add("videos", len(decoded))
     summary.add("unchanged", sum(1 for r in results if r.get("written") is False))
     summary.add("with flow", len(flowed))

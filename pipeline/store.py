@@ -31,10 +31,12 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from pipeline import codecs
+from pipeline import codecs, durable
 from pipeline.faults import CorruptChunkError
 from schemas import paths
 from schemas import store as layout
+
+TRASH_SUFFIX = ".trash"  # a replaced or removed array, renamed aside into the partial root before it is deleted
 
 
 def group_path(store: str | Path, group: str) -> Path:
@@ -97,7 +99,7 @@ def remove_array(store: str | Path, group: str, name: str) -> None:
     """Delete a finished array; `name` must be a video id (one safe path component), so nothing
     outside `group` can ever be deleted, whatever a table says."""
     paths.check_id(name, f"removing an array from {group_path(store, group)}")
-    shutil.rmtree(group_path(store, group) / name, ignore_errors=True)
+    _delete_finished(store, group, name)
 
 
 def partial_root(store: str | Path) -> Path:
@@ -107,9 +109,17 @@ def partial_root(store: str | Path) -> Path:
 
 
 def clear_partial(store: str | Path, group: str) -> None:
-    """Remove leftovers of killed runs (never finished arrays), also from inside stores written
-    before work in progress moved beside the store."""
+    """Remove leftovers of killed runs (never finished arrays, arrays renamed aside to be deleted,
+    zarr's temporary `zarr.*.partial` metadata files of the groups), also from inside stores written
+    before work in progress moved beside the store. Also makes the groups' metadata on the way to
+    `group` durable (fsync), before any array is published into it."""
     shutil.rmtree(partial_root(store) / group, ignore_errors=True)
+    for folder in [Path(store) / part for part in (".", *reversed(Path(group).parents[:-1]), group)]:
+        for leftover in folder.glob("zarr.*.partial"):
+            leftover.unlink(missing_ok=True)
+        if (folder / "zarr.json").is_file():
+            durable.fsync_file(folder / "zarr.json")
+            durable.fsync_dir(folder)
     legacy = Path(store) / layout.LEGACY_PARTIAL_DIR
     shutil.rmtree(legacy / group, ignore_errors=True)
     for folder in [*Path(group).parents[:-1], Path(".")]:  # its parents if empty, deepest first
@@ -154,13 +164,47 @@ def open_partial(path: str | Path) -> zarr.Array:
 
 
 def publish(store: str | Path, group: str, name: str, partial: str | Path, attrs: dict[str, Any]) -> None:
-    """Store `attrs` (plus `num_frames`, the first axis) and move the finished array into `group`."""
+    """Store `attrs` (plus `num_frames`, the first axis) and move the finished array into `group`.
+
+    Never through a state that looks finished but is not: the new array is fsynced whole (shards,
+    zarr.json, folders) under the partial root; an old array is first renamed aside into the partial
+    root (from then until the next rename there is no array of that name, never a broken one), the
+    new one renamed in, the group folder fsynced, and only then is the old one deleted. A kill
+    anywhere leaves the old array, none, or the new one; what it leaves in the partial root the
+    stage's next start clears (`clear_partial`)."""
     array = open_partial(partial)
     array.attrs.update({**attrs, "num_frames": array.shape[0]})
+    durable.fsync_tree(partial)
     final = group_path(store, group) / name
-    if final.exists():
-        shutil.rmtree(final)
+    aside = _aside(store, group, name)
+    durable.kill_point("publish.aside")
     os.rename(partial, final)
+    durable.fsync_dir(final.parent)
+    durable.fsync_dir(Path(partial).parent)
+    durable.kill_point("publish.renamed")
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _aside(store: str | Path, group: str, name: str) -> Path | None:
+    """Rename the finished array `group/name`, if there is one, into the partial root (where the
+    stage's next start clears it, were this run killed before deleting it); its new path, or None."""
+    folder = partial_root(store) / group
+    folder.mkdir(parents=True, exist_ok=True)
+    aside = folder / f"{name}.{uuid.uuid4().hex}{TRASH_SUFFIX}"
+    try:
+        os.rename(group_path(store, group) / name, aside)
+    except FileNotFoundError:
+        return None
+    return aside
+
+
+def _delete_finished(store: str | Path, group: str, name: str) -> None:
+    """Delete a finished array without ever showing a part of it: renamed aside first, whole."""
+    aside = _aside(store, group, name)
+    if aside is not None:
+        durable.fsync_dir(group_path(store, group))
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def recode_flow(store: str | Path, group: str, name: str, precision: float, attrs: dict[str, Any]) -> None:

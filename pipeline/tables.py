@@ -1,10 +1,13 @@
-"""Writing and reading the pipeline's Parquet tables: schema-checked, atomic, deterministic."""
+"""Writing and reading the pipeline's Parquet tables: schema-checked, atomic, deterministic.
+
+A stage writes its tables as one set (`write_table(..., files=FileSet(out))`, pipeline/durable.py):
+all are replaced together or none, also if the run is killed between two of them; `read_table`
+first finishes a set a killed run had committed, and each stage sweeps its folder at start.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -12,21 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.durable import FileSet, atomic_write_bytes, recover, sweep  # noqa: F401 (re-exported for the stages)
 from schemas import paths
-
-
-def atomic_write_bytes(path: str | Path, write) -> None:
-    """Call write(tmp_path) then rename over `path`, so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_table(
@@ -35,11 +25,13 @@ def write_table(
     schema: pa.Schema,
     *,
     metadata: Mapping[str, Any] | None = None,
+    files: FileSet | None = None,
 ) -> pa.Table:
     """Write rows (dicts keyed by the schema's columns) as Parquet, atomically.
 
     A row with a missing or extra column is an error here, not a surprise for the reader.
     `metadata` (JSON-serialisable) is stored in the file's key-value metadata, under its keys.
+    With `files` (a FileSet of `path`'s folder) the table is staged, and appears when the set commits.
     """
     rows = list(rows)
     names = set(schema.names)
@@ -52,13 +44,22 @@ def write_table(
         encoded = {key: json.dumps(value, sort_keys=True) for key, value in metadata.items()}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **encoded})
     # No statistics timestamps or created_by drift: the same rows give the same bytes.
-    atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    def write(tmp: str) -> None:
+        pq.write_table(table, tmp, compression="zstd")
+
+    if files is None:
+        atomic_write_bytes(path, write)
+    elif Path(path).parent.absolute() != files.folder.absolute():
+        raise ValueError(f"{path} is not in {files.folder}, the folder of its set")
+    else:
+        files.stage(Path(path).name, write)
     return table
 
 
 def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
     """Read a table; with `schema`, check it has exactly those columns."""
     path = Path(path)
+    recover(path.parent)  # a set of tables committed by a run killed before it was done: finish it
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; run the stage that writes it first")
     table = pq.read_table(path)

@@ -7,7 +7,8 @@ go on exactly: model with key encoders and queues, optimiser, schedule, grad sca
 rank's random state (torch's CPU and CUDA generators and the model's shuffled-BN generator), the
 dataset's position and the config; they load with `torch.load(..., weights_only=True)`. On CUDA,
 cuDNN is set to deterministic algorithms, so a resumed run repeats the steps it would have taken.
-A finished run removes its checkpoint and leaves:
+A finished run leaves these four files, replaced together with its checkpoint's removal (one commit,
+pipeline/durable.py: a run killed meanwhile leaves the old set or the new, never a mix):
 
     model.pt        the whole MSCL state dict (query and key encoders, heads, queues) and config
     rgb_encoder.pt  the RGB backbone's state dict alone (with r3d_18: loads strictly into
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from pipeline.dataset import ClipLoader, MSCLClips, to_device
 from pipeline.mscl import MSCL, Method, key_momentum
-from pipeline.tables import atomic_write_bytes
+from pipeline.tables import FileSet, atomic_write_bytes, recover, sweep
 from schemas.params import DatasetParams, TrainParams
 
 CHECKPOINT = "checkpoint.pt"
@@ -120,7 +121,19 @@ def config_of(train: TrainParams, dataset: DatasetParams, method: str, flow_meth
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write_bytes(path, saver(obj))
+
+
+def saver(obj: Any):
+    """A writer of `obj` with torch.save for atomic_write_bytes or a FileSet. Through a file object:
+    given a path, torch.save names the archive's records after the file (its temporary name), so two
+    identical saves differed in bytes; through a file object they are "archive/..." every time."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    return write
 
 
 def train(
@@ -168,6 +181,12 @@ def train(
 
     step, log = 0, []
     checkpoint_path = out / CHECKPOINT
+    # What a killed run left: finish the outputs it had committed (that removes its checkpoint too),
+    # delete its temporary files (rank 0; the others only finish a commit, before reading the checkpoint).
+    if dist.main:
+        sweep(out)
+    else:
+        recover(out)
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         if state["config"] == config:
@@ -250,11 +269,12 @@ def train(
         torch.distributed.all_reduce(damaged)
     metrics["clips_replaced_damaged"] = int(damaged)
     if dist.main:
-        write_log(log, out / "losses.csv")
-        save_atomic({"state_dict": model.state_dict(), "config": config}, out / "model.pt")
-        save_atomic(model.rgb.backbone_state_dict(), out / "rgb_encoder.pt")
-        atomic_write_bytes(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
-        checkpoint_path.unlink(missing_ok=True)  # a finished run starts afresh next time
+        with FileSet(out) as files:  # the four outputs replaced together, with the checkpoint's removal
+            files.stage("losses.csv", log_writer(log))
+            files.stage("model.pt", saver({"state_dict": model.state_dict(), "config": config}))
+            files.stage("rgb_encoder.pt", saver(model.rgb.backbone_state_dict()))
+            files.stage("metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
+            files.remove(CHECKPOINT)  # a finished run starts afresh next time
     if dist.started_here:
         torch.distributed.destroy_process_group()
     return metrics
@@ -294,10 +314,16 @@ def final_metrics(log: list[dict], steps_per_epoch: int, clips_per_s: float, wor
 
 
 def write_log(log: list[dict], path: Path) -> None:
-    def write(tmp):
+    atomic_write_bytes(path, log_writer(log))
+
+
+def log_writer(log: list[dict]):
+    """A writer of losses.csv for atomic_write_bytes or a FileSet."""
+
+    def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
             writer.writeheader()
             writer.writerows(log)
 
-    atomic_write_bytes(path, write)
+    return write

@@ -21,7 +21,7 @@ from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks, output_s
 from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.probe import decoded_size
 from pipeline.parallel import map_progress
-from pipeline.tables import read_table, write_table
+from pipeline.tables import FileSet, read_table, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams
 from schemas.tables import DECODED, FAILURES, VIDEOS
@@ -151,6 +151,7 @@ def run(
     summary = Summary("decode")
     videos = read_table(Path(manifest) / "videos.parquet", VIDEOS).to_pylist()
     store_name, store_path, out = str(store_path), str(Path(store_path).absolute()), Path(out)
+    sweep(out)  # what a killed run left: its tables' temporary files, a committed set to finish
     if stale := store.prepare_group(store_path, layout.FRAMES_GROUP, {row["video_id"] for row in videos}):
         summary.add("stale arrays removed", stale)
     items = [replace(plan_item(row, Path(videos_root), params, store_path), verify=verify) for row in videos]
@@ -170,8 +171,9 @@ def run(
     rows.sort(key=lambda row: row["video_id"])
     failures.sort(key=lambda row: row["video_id"])
     metadata = {"params": params.model_dump(mode="json"), "store": store_name}
-    write_table(out / "decoded.parquet", rows, DECODED, metadata=metadata)
-    write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata)
+    with FileSet(out) as files:  # both tables replaced together, or neither
+        write_table(out / "decoded.parquet", rows, DECODED, metadata=metadata, files=files)
+        write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata, files=files)
     summary.add("frames stored", sum(row["num_frames"] for row in rows))
     expected = {item.video["video_id"]: item.expected_frames for item in items}
     off = [row for row in rows if row["num_frames"] != expected[row["video_id"]]]

@@ -36,7 +36,7 @@ from pipeline.models import exported_module, flow_backbone, rgb_backbone
 from pipeline.mscl import flow_encoder_input
 from pipeline.splits import match_videos, read_labels
 from pipeline.store import CorruptChunkError, open_flow, open_frames
-from pipeline.tables import atomic_write_bytes, read_table, write_table
+from pipeline.tables import FileSet, read_table, sweep, write_table
 from schemas.params import Params
 from schemas.tables import DECODED, FAILURES
 from stages.common import Summary, failure, log_failure
@@ -141,6 +141,7 @@ def _without(videos, gallery_video: np.ndarray, clip_video: list[int], bad: set[
 def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_dir: str | Path, store: str | Path,
         out: str | Path) -> Summary:  # fmt: skip
     summary = Summary("evaluate")
+    sweep(out)  # what a killed run left: its outputs' temporary files, a committed set to finish
     e, clip_len, stride = params.evaluate, params.sample.clip_len, params.sample.stride
     decoded = read_table(Path(decode_dir) / "decoded.parquet", DECODED).to_pandas()
     matched = match_videos(read_labels(labels_path, e.split), list(decoded.relpath))
@@ -228,8 +229,9 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
             summary.notes.append(f"{name:>19}: videos R@1 {result['R@1']:5.1f}  knn_top1 {result['knn_top1']:5.1f}")
     out = Path(out)
     failures.sort(key=lambda row: (row["video_id"], row["detail"]))
-    write_table(out / "failures.parquet", failures, FAILURES)
-    atomic_write_bytes(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
+    with FileSet(out) as files:  # metrics and failures replaced together, or neither
+        write_table(out / "failures.parquet", failures, FAILURES, files=files)
+        files.stage("metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
     summary.notes.append(f"MSCL R@1 over RGB-only {metrics['margin']['mscl_vs_rgb_only_R@1']:+.1f}, "
                          f"over random weights {metrics['margin']['mscl_vs_random_R@1']:+.1f} points")  # fmt: skip
     return summary

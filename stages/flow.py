@@ -30,7 +30,7 @@ from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks
 from pipeline.flow import DIS, RAFT, TVL1, DISConfig, Farneback, FarnebackConfig, FlowError, FlowEstimator, RAFTConfig, TVL1Config
 from pipeline.flowstats import STAT_NAMES, flow_stats, stats_rows
 from pipeline.parallel import map_progress
-from pipeline.tables import read_table, write_table
+from pipeline.tables import FileSet, read_table, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams
 from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
@@ -193,6 +193,7 @@ def run(
     summary = Summary(f"extract-flow ({params.method})")
     lossy_from_store = 0
     out, store_path = Path(out), str(Path(store_path).absolute())
+    sweep(out)  # what a killed run left: its tables' temporary files, a committed set to finish
     group = layout.flow_group(params.method)
     videos = read_table(Path(decoded) / "decoded.parquet", DECODED).to_pylist()
     if stale := store.prepare_group(store_path, group, {row["video_id"] for row in videos}):
@@ -287,9 +288,10 @@ def run(
     stat_rows.sort(key=lambda r: (r["video_id"], r["frame"]))
     failures.sort(key=lambda r: r["video_id"])
     metadata = {"method": params.method, "params": method_params(params), "moving_threshold": params.moving_threshold}
-    write_table(out / "videos.parquet", done_rows, FLOWED, metadata=metadata)
-    write_table(out / "stats.parquet", stat_rows, FLOW_STATS, metadata=metadata)
-    write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata)
+    with FileSet(out) as files:  # the three tables replaced together, or none
+        write_table(out / "videos.parquet", done_rows, FLOWED, metadata=metadata, files=files)
+        write_table(out / "stats.parquet", stat_rows, FLOW_STATS, metadata=metadata, files=files)
+        write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata, files=files)
     summary.add("pairs", sum(r["num_pairs"] for r in done_rows))
     if lossy_from_store:
         summary.notes.append(f"{lossy_from_store} videos' frames are stored lossy, and their flow came from those frames: "

@@ -13,7 +13,7 @@ variants that a training recipe was not tuned on (bench/variants/).
 from __future__ import annotations
 
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +73,8 @@ def run(params: MakeDemoParams, out: str | Path, *, scheduler: str | None = None
     out = Path(out)
     summary = Summary("make-demo")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()  # 0o777 less the umask, like the folder it becomes (mkdtemp's 0o700 kept the group out)
     try:
         items = plan(params, str(tmp))
         rows = list(

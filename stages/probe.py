@@ -19,7 +19,7 @@ from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.parallel import map_progress
 from pipeline.probe import ProbeError, probe_video
 from pipeline.scan import FoundVideo, scan_videos
-from pipeline.tables import read_table, table_metadata, write_table
+from pipeline.tables import FileSet, read_table, sweep, table_metadata, write_table
 from schemas.params import ProbeParams
 from schemas.tables import FAILURES, TABLES_VERSION, VIDEOS
 from stages.common import Summary, failure, fingerprint, log_failure
@@ -103,6 +103,7 @@ def run(
 ) -> Summary:
     videos_root, out = Path(videos_root), Path(out)
     summary = Summary("probe")
+    sweep(out)  # what a killed run left: its tables' temporary files, a committed set to finish
     scan = scan_videos(videos_root, params.extensions, follow_symlinks=params.follow_symlinks)
     for rel, why in scan.skipped:
         summary.notes.append(f"skipped {rel}: {why}")
@@ -126,8 +127,9 @@ def run(
         "videos_root": str(videos_root),
         "ffmpeg": ffmpeg_binary().version,
     }
-    write_table(out / "videos.parquet", rows, VIDEOS, metadata=metadata)
-    write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata)
+    with FileSet(out) as files:  # both tables replaced together, or neither
+        write_table(out / "videos.parquet", rows, VIDEOS, metadata=metadata, files=files)
+        write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata, files=files)
     summary.add("videos found", len(items))
     summary.add("usable", len(rows))
     summary.add("degraded", sum(row["status"] == "degraded" for row in rows))

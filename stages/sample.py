@@ -24,7 +24,7 @@ from pipeline import codecs, store
 from pipeline.mds import SCORING_VERSION, frame_scores
 from pipeline.parallel import map_progress
 from pipeline.sampling import ClipSpec, Threshold, candidate_starts, clip_scores, complete_starts, rank_and_quantile, select
-from pipeline.tables import read_table, table_metadata, write_table
+from pipeline.tables import FileSet, read_table, sweep, table_metadata, write_table
 from schemas.params import SampleParams
 from schemas.tables import CLIP_INDEX, FAILURES, FLOWED, FRAME_SCORES
 from stages.common import Summary, failure, fingerprint, log_failure
@@ -127,6 +127,7 @@ def run(
 ) -> Summary:
     summary = Summary("sample")
     out, store_path = Path(out), store.location(store_path)  # a local path made absolute, or an fsspec URL as given
+    sweep(out)  # what a killed run left: its tables' temporary files, a committed set to finish
     videos = read_table(Path(flowed) / "videos.parquet", FLOWED).to_pylist()
     scoring = (params.block, params.noise_floor, params.convention, SCORING_VERSION)
     scoring += () if params.flow_grid is None else (params.flow_grid,)  # unset: the keys of scores made before it
@@ -157,11 +158,14 @@ def run(
         clip_rows.extend(rows)
     failures.sort(key=lambda row: row["video_id"])
     scored = {video_id: keys[video_id] for video_id in scores}
-    write_table(out / "frames.parquet", frame_rows, FRAME_SCORES,
+    files = FileSet(out)  # the three tables replaced together, or none
+    write_table(out / "frames.parquet", frame_rows, FRAME_SCORES, files=files,
                 metadata={"block": params.block, "noise_floor": params.noise_floor, "convention": params.convention,
                           "video_keys": scored})  # fmt: skip
-    write_table(out / "clips.parquet", clip_rows, CLIP_INDEX, metadata={"params": params.model_dump(mode="json")})
-    write_table(out / "failures.parquet", failures, FAILURES, metadata={"params": params.model_dump(mode="json")})
+    metadata = {"params": params.model_dump(mode="json")}
+    write_table(out / "clips.parquet", clip_rows, CLIP_INDEX, metadata=metadata, files=files)
+    write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata, files=files)
+    files.commit()
     summary.add("candidate clips", len(clip_rows))
     summary.add("selected", sum(row["selected"] for row in clip_rows))
     summary.add("videos without clips", len(failures))

@@ -50,12 +50,12 @@ def test_quality_bench_on_a_tiny_variant(tmp_path):
     assert result["losses"]["mscl"]["cross"]["chance"] == pytest.approx(2 * 2.19722, abs=1e-4)  # 2 log(8 + 1)
     report = out / "tiny" / "results"
     assert len(list(report.glob("*/quality.json"))) == 1 and len(list(report.glob("*/losses.png"))) == 1
-    runs = sorted(p.name.split("-")[0] for p in (out / "tiny" / "train").iterdir())
+    runs = sorted(p.name.split("-")[0] for p in (out / "tiny" / "train").iterdir() if p.is_dir())  # not the runs' .lock files
     assert runs == ["mscl", "mscl", "rgb_only", "rgb_only"]
     # The same command again only reads what is there; an MSCL-only ablation trains MSCL alone.
     assert quality(variant, out)["video_R@1"] == block
     ablation = quality(variant, out, "--set", "train.weights.lmcl=0.5")
-    runs = sorted(p.name.split("-")[0] for p in (out / "tiny" / "train").iterdir())
+    runs = sorted(p.name.split("-")[0] for p in (out / "tiny" / "train").iterdir() if p.is_dir())  # not the runs' .lock files
     assert runs == ["mscl"] * 4 + ["rgb_only"] * 2
     assert ablation["video_R@1"]["rgb_only"] == block["rgb_only"]
     # A data param in --set builds data of its own, in a folder keyed by it; the variant's stay as they were.

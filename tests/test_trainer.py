@@ -83,6 +83,14 @@ def test_a_killed_run_resumes_into_the_same_steps(index, fixture_flowed, tmp_pat
     assert all(torch.allclose(final_a[k].float(), final_b[k].float(), atol=1e-4) for k in final_a)
 
 
+def test_two_identical_runs_write_the_same_bytes(index, fixture_flowed, tmp_path):
+    params = TINY.model_copy(update={"epochs": 1, "threads": 1})
+    for name in ("a", "b"):
+        run(index, fixture_flowed, tmp_path / name, params)
+    for name in ("model.pt", "rgb_encoder.pt", "losses.csv"):  # torch.save named the records after the temporary file
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
 def test_mixed_precision_is_float16_on_cuda_and_float32_on_cpu():
     assert amp_dtype(torch.device("cuda"), True) == torch.float16 and amp_dtype(torch.device("cuda"), False) is None
     assert amp_dtype(torch.device("cpu"), True) is None  # bfloat16 there was not deterministic (bench/train_step.py)
