@@ -29,6 +29,7 @@ bench: setup
 	$(RUN) python bench/loader.py
 	$(RUN) python bench/train_step.py
 	$(RUN) python bench/storage.py
+	$(RUN) python bench/shared_machine.py
 
 # Outside the 10-minute DAG (about 35 minutes on 2 cores): MSCL against its baselines over 3 seeds,
 # on the demo that `make repro` built and on a held-out variant the recipe was not tuned on.
