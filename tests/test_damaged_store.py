@@ -76,13 +76,16 @@ def test_extract_flow_records_a_damaged_frames_array_and_computes_the_rest(fixtu
     """Before: a raw traceback naming no video, and no flow for any video."""
     store = copy_of(fixture_flowed, tmp_path)
     shutil.rmtree(store / "flow")
-    victim = videos_of(fixture_flowed)[1]["video_id"]
+    rows = videos_of(fixture_flowed)
+    victim, unreadable = rows[1]["video_id"], rows[3]["video_id"]
     garble(shard(store, layout.FRAMES_GROUP, victim))
+    (store / layout.FRAMES_GROUP / unreadable / "zarr.json").write_bytes(b"\xff\xfe\x00")  # before: UnicodeDecodeError
     summary = flow_stage.run(FlowParams(method="dis"), fixture_flowed / "decode", store, tmp_path / "flow", scheduler="sync")
-    assert summary.counts["computed"] == 4 and summary.counts["failed"] == 1
-    failure = read_table(tmp_path / "flow" / "failures.parquet").to_pylist()[0]
-    assert failure["video_id"] == victim and failure["reason"] == "bad_frames"
-    assert f"array frames/{victim}" in failure["detail"] and "chunk (" in failure["detail"]
+    assert summary.counts["computed"] == 3 and summary.counts["failed"] == 2
+    failures = {f["video_id"]: f for f in read_table(tmp_path / "flow" / "failures.parquet").to_pylist()}
+    assert set(failures) == {victim, unreadable} and {f["reason"] for f in failures.values()} == {"bad_frames"}
+    assert f"array frames/{victim}" in failures[victim]["detail"] and "chunk (" in failures[victim]["detail"]
+    assert "re-run the decode stage" in failures[unreadable]["detail"]
 
 
 def test_a_rerun_of_decode_rewrites_a_damaged_array_and_verify_finds_garbage(fixture_flowed, fixture_dir, tmp_path):
