@@ -292,7 +292,7 @@ def damage(store: str | Path, group: str, name: str, *, verify: bool = False) ->
     chunk that does not decode (reads everything). A producing stage rewrites a damaged array
     instead of skipping it for its matching fingerprint."""
     try:
-        array = open_finished(store, group, name, "its")
+        array = open_finished(store, group, name, "decode" if group == layout.FRAMES_GROUP else "flow")
         if verify:
             shard = (array.shards or array.chunks)[0]
             for start in range(0, array.shape[0], shard):
