@@ -30,7 +30,6 @@ import functools
 import logging
 import math
 import os
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,14 +296,14 @@ class MSCLClips(IterableDataset):
             except CorruptChunkError as exc:
                 self._note_damaged(exc, count=False)
         raise CorruptChunkError(f"{first}; and the next {self.REPLACEMENT_TRIES} items of the epoch are damaged too: "
-                                f"re-run the stages that wrote the store (python cli.py decode --verify, extract-flow --verify)")
+                                f"re-run the stages that wrote the store (python cli.py decode --verify, extract-flow --verify)",
+                                first.video_id)
 
     def _note_damaged(self, exc: CorruptChunkError, count: bool = True) -> None:
         if count:
             worker = get_worker_info()
             self._damaged[0 if worker is None else 1 + worker.id % (len(self._damaged) - 1)] += 1
-        named = re.match(r"video '([^']+)'", str(exc))
-        video = named.group(1) if named else str(exc)
+        video = exc.video_id or str(exc)
         if video not in self._warned:
             self._warned.add(video)
             log.warning("skipping damaged clips: %s (dataset.on_damaged: skip)", exc)

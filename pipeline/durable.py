@@ -60,25 +60,23 @@ def kill_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def fsync_file(path: str | Path) -> None:
+def _fsync(path: str | Path, flags: int) -> None:
     if not fsync_enabled():
         return
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path: str | Path) -> None:
+    _fsync(path, 0)
 
 
 def fsync_dir(path: str | Path) -> None:
     """Make the entries of folder `path` (a rename, a new or deleted file) durable."""
-    if not fsync_enabled():
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path, os.O_DIRECTORY)
 
 
 def fsync_tree(root: str | Path) -> None:

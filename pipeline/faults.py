@@ -25,7 +25,12 @@ PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 class CorruptChunkError(ValueError):
     """Stored data that does not read back (pipeline/store.py); the message names the video, the
-    array and the chunk. A fault of that video's data: its stage records it and goes on."""
+    array and the chunk, and `video_id` is the video's. A fault of that video's data: its stage
+    records it and goes on."""
+
+    def __init__(self, message: str, video_id: str | None = None) -> None:
+        super().__init__(message)
+        self.video_id = video_id
 
 
 class EnvironmentFault(RuntimeError):

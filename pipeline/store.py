@@ -315,9 +315,8 @@ def open_flow(store: str | Path, method: str, name: str) -> StoredArray:
 def open_finished(store: str | Path, group: str, name: str, stage: str) -> StoredArray:
     """A finished array, read-only, from a local store or one at an fsspec URL."""
     where = array_location(store, group, name)
-    missing = f"no {group} array for video {name!r} in {store}; run the {stage} stage"
     if not is_url(store) and not (Path(where) / "zarr.json").is_file():
-        raise FileNotFoundError(missing)
+        raise _missing(where, group, name, stage)
     return open_stored(where, group, name, stage)
 
 
@@ -327,11 +326,15 @@ def open_stored(where: str, group: str, name: str, stage: str) -> StoredArray:
     try:  # for a URL, one request fewer than asking first; zarr's ArrayNotFoundError is a FileNotFoundError
         array = zarr.open_array(store=where, mode="r", zarr_format=3)
     except FileNotFoundError:
-        raise FileNotFoundError(f"no {group} array for video {name!r} in {where}; run the {stage} stage") from None
+        raise _missing(where, group, name, stage) from None
     except Exception as exc:  # zarr raises many kinds for bad metadata: every one is this array's damage
         raise CorruptChunkError(f"video {name!r}, array {group}/{name}: its metadata (zarr.json) does not read "
-                                f"({type(exc).__name__}: {exc}); re-run the {stage} stage") from exc  # fmt: skip
+                                f"({type(exc).__name__}: {exc}); re-run the {stage} stage", name) from exc  # fmt: skip
     return StoredArray(array, group, name)
+
+
+def _missing(where: str, group: str, name: str, stage: str) -> FileNotFoundError:
+    return FileNotFoundError(f"no {group} array for video {name!r} in {where}; run the {stage} stage")
 
 
 class StoredArray:
@@ -392,7 +395,8 @@ class StoredArray:
             key = self.array.metadata.encode_chunk_key((index,) + (0,) * (self.array.ndim - 1))
             if not sync(self.array.store.exists(f"{self.array.path}/{key}" if self.array.path else key)):
                 frames = (index * per_shard, min((index + 1) * per_shard, length))
-                raise CorruptChunkError(f"{self._where(frames)}: shard file {key} is missing; re-run the stage that wrote it")
+                raise CorruptChunkError(f"{self._where(frames)}: shard file {key} is missing; re-run the stage that wrote it",
+                                        self.video_id)
 
     def _locate(self, selection: Any, cause: Exception) -> CorruptChunkError:
         """Read the selection's chunks one by one to name the first that fails."""
@@ -410,5 +414,5 @@ class StoredArray:
                 self.array[frames[0] : frames[1]]
             except Exception as exc:
                 chunk = (index,) + (0,) * (self.array.ndim - 1)
-                return CorruptChunkError(f"{self._where(frames)}, chunk {chunk}: does not decode ({exc})")
-        return CorruptChunkError(f"video {self.video_id!r}, array {self.group}/{self.video_id}: read failed ({cause})")
+                return CorruptChunkError(f"{self._where(frames)}, chunk {chunk}: does not decode ({exc})", self.video_id)
+        return CorruptChunkError(f"video {self.video_id!r}, array {self.group}/{self.video_id}: read failed ({cause})", self.video_id)

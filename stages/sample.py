@@ -158,14 +158,13 @@ def run(
         clip_rows.extend(rows)
     failures.sort(key=lambda row: row["video_id"])
     scored = {video_id: keys[video_id] for video_id in scores}
-    files = FileSet(out)  # the three tables replaced together, or none
-    write_table(out / "frames.parquet", frame_rows, FRAME_SCORES, files=files,
-                metadata={"block": params.block, "noise_floor": params.noise_floor, "convention": params.convention,
-                          "video_keys": scored})  # fmt: skip
     metadata = {"params": params.model_dump(mode="json")}
-    write_table(out / "clips.parquet", clip_rows, CLIP_INDEX, metadata=metadata, files=files)
-    write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata, files=files)
-    files.commit()
+    with FileSet(out) as files:  # the three tables replaced together, or none
+        write_table(out / "frames.parquet", frame_rows, FRAME_SCORES, files=files,
+                    metadata={"block": params.block, "noise_floor": params.noise_floor, "convention": params.convention,
+                              "video_keys": scored})  # fmt: skip
+        write_table(out / "clips.parquet", clip_rows, CLIP_INDEX, metadata=metadata, files=files)
+        write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata, files=files)
     summary.add("candidate clips", len(clip_rows))
     summary.add("selected", sum(row["selected"] for row in clip_rows))
     summary.add("videos without clips", len(failures))
