@@ -275,21 +275,24 @@ def import_rawframes(
     fps: float = typer.Option(30.0, min=0.1, help="frame rate to record for the frames (rawframes carry none)"),
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
+    verify: bool = VerifyOpt,
 ) -> None:
     """Existing rawframes (and 8-bit flow) into the store as decode and extract-flow would write them (data.store, data.decode,
-    data.flow; flow under flow.method, marked imported), so sample, train and evaluate run on them unchanged."""
+    data.flow; flow under flow.method, marked imported), so sample, train and evaluate run on them unchanged. Symlinks are
+    followed as probe.follow_symlinks says; images larger than decode.memory_mb allows are refused."""
     from pipeline.interop import import_rawframes as run
 
     params = _setup(params_file)
     data = params.data
     _finish(run(rawframes, data.store, data.decode, data.flow, params.decode, params.flow, bound=bound if flow else None, fps=fps,
-                scheduler=scheduler, workers=workers))  # fmt: skip
+                follow_symlinks=params.probe.follow_symlinks, verify=verify, scheduler=scheduler, workers=workers))  # fmt: skip
 
 
 @app.command("export-mmaction")
 def export_mmaction(
     params_file: Path = ParamsOpt,
-    out: Path = typer.Option(Path("data/export/mmaction"), help="output folder for the annotation lists (and rawframes/)"),
+    out: Path = typer.Option(Path("data/export/mmaction"), help="output folder for the annotation lists (and rawframes/): new, "
+                             "empty, or written by export-mmaction before (a folder holding other files is refused)"),
     rawframes: bool = typer.Option(False, "--rawframes", help="also write every frame of each video with a selected clip as JPEG files"),
     flow: bool = typer.Option(False, "--flow", help="with --rawframes: also its flow as flow_x/flow_y JPEGs (8 bits over +-bound)"),
     bound: float = typer.Option(20.0, min=0.1, help="px: the flow mapped onto 0..255 (denseflow's and mmaction2's 20)"),
@@ -303,7 +306,9 @@ def export_mmaction(
     counts = export(data.sample, data.decode, data.labels, params.evaluate.split, data.store, out, rawframes=rawframes,
                     flow_method=params.flow.method if flow else None, bound=bound, quality=quality)  # fmt: skip
     typer.echo(f"export-mmaction: {counts['clips']} clips of {counts['videos']} videos, {counts['classes']} classes -> {out}"
-               + (f"; {counts['frames']} frames as rawframes" if "frames" in counts else ""), err=True)  # fmt: skip
+               + (f"; {counts['frames']} frames as rawframes" if "frames" in counts else "")
+               + (f"; {counts['rawframes_left']} folders of an earlier export left in rawframes/: they hold files export did "
+                  "not write" if "rawframes_left" in counts else ""), err=True)  # fmt: skip
 
 
 @app.command()
@@ -343,24 +348,28 @@ def doctor() -> None:
 
 
 def main() -> None:
-    """The app, with the errors whose message is the whole story (a refused table row, a store in
-    use, a full disk, a damaged array) printed as one line and exit status 1, not a traceback."""
-    from pipeline.faults import CorruptChunkError, EnvironmentFault, is_environment
-    from pipeline.locks import LockedError
-    from schemas.paths import UnsafeValueError
+    """The app, with every error a user can fix (schemas.errors.UserError: a refused table row or
+    store, a store in use, a full disk, a damaged array, a bad split list, too little data, ...)
+    printed as one line, `error: <what, where, and the fix>`, and exit status 1; a traceback only
+    for a bug."""
+    from pipeline.faults import describe, is_environment
+    from schemas.errors import UserError
 
     try:
         app()
-    except (CorruptChunkError, EnvironmentFault, LockedError, UnsafeValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except UserError as exc:
+        typer.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(1)
     except OSError as exc:
         if not is_environment(exc):
             raise
-        from pipeline.faults import describe
-
         typer.echo(f"error: {describe(exc, None, exc.filename or '?')}", err=True)
         sys.exit(1)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message on one line (a message quoting a file's or a library's text may hold newlines)."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
 
 
 if __name__ == "__main__":

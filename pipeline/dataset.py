@@ -46,6 +46,7 @@ from pipeline.store import CorruptChunkError, StoredArray, open_stored
 from pipeline.tables import check_paths
 from schemas import store as layout
 from schemas.batch import SAMPLE, VIEWS
+from schemas.errors import MissingInputError
 from schemas.params import DatasetParams
 from schemas.tables import CLIP_INDEX
 
@@ -83,7 +84,7 @@ class ClipIndex:
         try:
             table = _read_parquet(path)
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no clip index; run the sample stage (python cli.py sample)") from None
+            raise MissingInputError(f"{path}: no clip index; run the sample stage (python cli.py sample)") from None
         check_paths(str(path), table)  # its ids name arrays in the store
         missing = set(CLIP_INDEX.names) - set(table.column_names) - {"complete"}  # indexes before it held complete clips only
         if missing:

@@ -22,6 +22,35 @@ class DecodeError(RuntimeError):
     pass
 
 
+class TooLarge(DecodeError):
+    """A video whose frames do not fit the memory a decode may use; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """How many frames FFmpeg's output is read in at once, and how many such blocks wait ahead."""
+
+    block_frames: int = 32
+    read_ahead: int = 16
+
+
+def read_plan(frame_bytes: int, shard_frames: int, budget_bytes: int) -> ReadPlan:
+    """Blocks sized so that what a decode holds fits `budget_bytes`: the shard being gathered and
+    its joined copy (2 x shard_frames frames), plus the blocks read ahead, the one the reader fills
+    and the one in hand. At most 32 frames x 16 blocks (what small frames need to keep FFmpeg busy);
+    TooLarge if not even one frame in each place fits beside the shard."""
+    shard = 2 * shard_frames * frame_bytes
+    spare = (budget_bytes - shard) // frame_bytes  # frames in flight: (read_ahead + 2) blocks, queued and in hand
+    if spare < 3:
+        mib = 2**20
+        needed = -(-(shard + 3 * frame_bytes) // mib)
+        raise TooLarge(f"a frame takes {frame_bytes / mib:.1f} MiB, and writing a shard of {shard_frames} frames needs about "
+                       f"{needed:,} MiB, more than the {budget_bytes // mib:,} MiB a decode may use: set decode.short_side "
+                       f"(e.g. 128), lower decode.shard_frames, or raise decode.memory_mb to {needed:,} if the machine has it")  # fmt: skip
+    block = max(1, min(32, spare // 18))
+    return ReadPlan(block_frames=block, read_ahead=max(1, min(16, spare // block - 2)))
+
+
 @dataclass(frozen=True)
 class DecodeSpec:
     """What to produce from one video; sizes are of the stored frames."""
@@ -79,10 +108,10 @@ def iter_frame_blocks(
     *,
     source_width: int,
     source_height: int,
-    block_frames: int = 32,
-    read_ahead: int = 16,
+    plan: ReadPlan = ReadPlan(),
 ) -> Iterator[np.ndarray]:
-    """Yield (n, H, W, 3) uint8 RGB blocks. Raises DecodeError if FFmpeg fails or no frame arrives.
+    """Yield (n, H, W, 3) uint8 RGB blocks of `plan.block_frames` frames (the last may be short).
+    Raises DecodeError if FFmpeg fails or no frame arrives, TooLarge if a block cannot be allocated.
 
     `source_width/height` are the size FFmpeg decodes to (after its autorotation); when the target
     size differs (other resolution, or anamorphic pixels made square) FFmpeg scales.
@@ -96,13 +125,17 @@ def iter_frame_blocks(
         watchdog.start()
         # A reader thread drains the pipe while the caller compresses and writes, so FFmpeg keeps
         # decoding instead of waiting on a full pipe (bench/decode.py measures the difference).
-        blocks: queue.Queue = queue.Queue(maxsize=read_ahead)
+        blocks: queue.Queue = queue.Queue(maxsize=plan.read_ahead)
         stop = threading.Event()
-        reader = threading.Thread(target=_read_blocks, args=(proc.stdout, frame_bytes * block_frames, blocks, stop), daemon=True)
+        reader = threading.Thread(target=_read_blocks, args=(proc.stdout, frame_bytes * plan.block_frames, blocks, stop), daemon=True)
         reader.start()
         total = 0
         try:
-            while (data := blocks.get()) is not None:
+            while (data := _next_block(blocks, reader)) is not None:
+                if isinstance(data, MemoryError):
+                    raise TooLarge(f"{path}: out of memory reading FFmpeg's output in blocks of {plan.block_frames} frames of "
+                                   f"{spec.width}x{spec.height} ({frame_bytes * plan.block_frames / 2**20:,.0f} MiB): this machine "
+                                   f"gives less than decode.memory_mb says; lower it, or set decode.short_side")  # fmt: skip
                 if isinstance(data, BaseException):
                     raise DecodeError(f"{path}: reading FFmpeg's output failed: {data}")
                 if len(data) % frame_bytes:
@@ -129,9 +162,20 @@ def iter_frame_blocks(
             raise DecodeError(f"{path}: no frames decoded: {message or 'no message'}")
 
 
+def _next_block(blocks: queue.Queue, reader: threading.Thread):
+    """The reader's next item; if the reader is gone without a word, an error, never a wait forever."""
+    while True:
+        try:
+            return blocks.get(timeout=1.0)
+        except queue.Empty:
+            if not reader.is_alive() and blocks.empty():
+                return RuntimeError("the thread reading FFmpeg's output ended without a word")
+
+
 def _read_blocks(stream, size: int, out: queue.Queue, stop: threading.Event) -> None:
-    """Put byte blocks of `size` (the last may be short) on `out`, then None; a read error is put as
-    itself. Gives up as soon as `stop` is set, so the caller can always join this thread."""
+    """Put byte blocks of `size` (the last may be short) on `out`, then None; any error, MemoryError
+    included, is put as itself, so the caller raises it instead of waiting. Gives up as soon as `stop`
+    is set, so the caller can always join this thread."""
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -146,7 +190,7 @@ def _read_blocks(stream, size: int, out: queue.Queue, stop: threading.Event) -> 
         while data := stream.read(size):
             if not put(data):
                 return
-    except (OSError, ValueError) as exc:  # the pipe broke under us
+    except BaseException as exc:  # the pipe broke under us, or no memory for a block: the caller raises it
         put(exc)
         return
     put(None)

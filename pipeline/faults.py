@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from schemas.errors import UserError
+
 # No input can cause these: they are about where the output goes.
 SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 ALWAYS_ENVIRONMENT = SPACE_ERRNOS | {errno.EROFS}
@@ -23,7 +25,7 @@ ALWAYS_ENVIRONMENT = SPACE_ERRNOS | {errno.EROFS}
 PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 
-class CorruptChunkError(ValueError):
+class CorruptChunkError(UserError, ValueError):
     """Stored data that does not read back (pipeline/store.py); the message names the video, the
     array and the chunk, and `video_id` is the video's. A fault of that video's data: its stage
     records it and goes on."""
@@ -33,7 +35,7 @@ class CorruptChunkError(ValueError):
         self.video_id = video_id
 
 
-class EnvironmentFault(RuntimeError):
+class EnvironmentFault(UserError, RuntimeError):
     """The stage cannot write its output; the message is the whole story, for people."""
 
 

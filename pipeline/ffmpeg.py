@@ -15,10 +15,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.errors import UserError
+
 ENV_VAR = "MSCL_FFMPEG"  # explicit override, checked first
 
 
-class FFmpegNotFound(RuntimeError):
+class FFmpegNotFound(UserError, RuntimeError):
     pass
 
 

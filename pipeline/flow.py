@@ -15,6 +15,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from schemas.errors import UserError
+
 
 class FlowError(ValueError):
     """Frames a flow estimator cannot work on; the message says why."""
@@ -161,7 +163,7 @@ class Farneback:
 # ---------------------------------------------------------------- RAFT (torchvision)
 
 
-class RaftWeightsMissing(FileNotFoundError):
+class RaftWeightsMissing(UserError, FileNotFoundError):
     pass
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.tables import table_metadata
+from schemas.errors import MissingInputError
 
 
 @dataclass
@@ -23,7 +24,7 @@ def load(folder: str | Path) -> IndexView:
     folder = Path(folder)
     for name in ("clips.parquet", "frames.parquet"):
         if not (folder / name).exists():
-            raise FileNotFoundError(f"{folder / name} does not exist; run `python cli.py sample` (or dvc repro) first")
+            raise MissingInputError(f"{folder / name} does not exist; run `python cli.py sample` (or dvc repro) first")
     return IndexView(
         clips=pd.read_parquet(folder / "clips.parquet"),
         frames=pd.read_parquet(folder / "frames.parquet"),

@@ -22,11 +22,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from schemas.errors import UserError
+
 F = TypeVar("F", bound=Callable[..., Any])
 SUFFIX = ".lock"
 
 
-class LockedError(RuntimeError):
+class LockedError(UserError, RuntimeError):
     """Another run holds the lock; the message names it."""
 
 

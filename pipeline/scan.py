@@ -8,6 +8,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from schemas.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +50,24 @@ class ScanResult:
     skipped: list[tuple[str, str]]  # (relpath, why) for directories not entered
 
 
-def scan_videos(root: str | Path, extensions: list[str] | tuple[str, ...], *, follow_symlinks: bool = True) -> ScanResult:
-    """Every file under `root` whose extension (any case) is in `extensions`, in sorted order.
+@dataclass(frozen=True)
+class FoundFile:
+    path: Path  # as reached from the root (may pass through symlinks)
+    relpath: str  # POSIX, relative to the root; bytes that are not UTF-8 as surrogate escapes (os.fsdecode)
+
+
+def walk_files(root: str | Path, wanted: Callable[[str], bool], *, follow_symlinks: bool = True,
+               what: str = "probe.follow_symlinks") -> tuple[list[FoundFile], list[tuple[str, str]]]:  # fmt: skip
+    """Every file under `root` whose name `wanted` accepts, in sorted order, and (relpath, why) of
+    what was not entered or read.
 
     Symlinked directories are followed when asked, each real directory at most once, so a symlink
     loop ends the descent with a note instead of recursing forever. Without `follow_symlinks` no
-    symlink is read, file or folder, and each is listed in `skipped`.
+    symlink is read, file or folder, and each (a wanted file or a folder) is listed as skipped,
+    saying which setting (`what`) decides it.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"videos root {root} is not a directory (set data.videos in params.yaml)")
-    wanted = {ext.lower() for ext in extensions}
     seen_dirs: set[tuple[int, int]] = set()
-    videos: list[FoundVideo] = []
+    found: list[FoundFile] = []
     skipped: list[tuple[str, str]] = []
 
     def walk(directory: Path, rel: str) -> None:
@@ -81,19 +89,35 @@ def scan_videos(root: str | Path, extensions: list[str] | tuple[str, ...], *, fo
         for entry in entries:
             child_rel = f"{rel}/{entry.name}" if rel else entry.name
             if not follow_symlinks and entry.is_symlink():
-                if Path(entry.name).suffix.lower() in wanted or _points_to_dir(entry):
-                    skipped.append((child_rel, "a symlink, not followed (probe.follow_symlinks: false)"))
+                if wanted(entry.name) or _points_to_dir(entry):
+                    skipped.append((child_rel, f"a symlink, not followed ({what}: false)"))
                 continue
             try:
                 is_dir = entry.is_dir(follow_symlinks=follow_symlinks)
             except OSError:
-                is_dir = False  # a link loop on a file name: treated as a file, probing reports it
+                is_dir = False  # a link loop on a file name: treated as a file, its reader reports it
             if is_dir:
                 walk(Path(entry.path), child_rel)
-            elif Path(entry.name).suffix.lower() in wanted:
-                videos.append(FoundVideo(Path(entry.path), child_rel, video_id(child_rel)))
+            elif wanted(entry.name):
+                found.append(FoundFile(Path(entry.path), child_rel))
 
-    walk(root, "")
+    walk(Path(root), "")
     for rel, why in skipped:
-        log.warning("skipped %s: %s", rel, why)
-    return ScanResult(videos=videos, skipped=skipped)
+        log.warning("skipped %s: %s", shown(rel), why)
+    return found, [(shown(rel), why) for rel, why in skipped]
+
+
+def scan_videos(root: str | Path, extensions: list[str] | tuple[str, ...], *, follow_symlinks: bool = True) -> ScanResult:
+    """Every file under `root` whose extension (any case) is in `extensions`, in sorted order
+    (symlinks as `walk_files` treats them)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingInputError(f"videos root {root} is not a directory (set data.videos in params.yaml)")
+    wanted = {ext.lower() for ext in extensions}
+    files, skipped = walk_files(root, lambda name: Path(name).suffix.lower() in wanted, follow_symlinks=follow_symlinks)
+    return ScanResult([FoundVideo(f.path, f.relpath, video_id(f.relpath)) for f in files], skipped)
+
+
+def shown(relpath: str) -> str:
+    """A path as text for messages and tables: bytes that are not UTF-8 as \\xNN escapes."""
+    return os.fsencode(relpath).decode("utf-8", "backslashreplace")

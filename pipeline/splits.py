@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline.tables import read_table
 from schemas import paths
+from schemas.errors import MissingInputError, UserError
 from schemas.tables import LABEL_SPLITS, LABELS
 
 COLUMNS = LABELS.names  # relpath, label, group, split
@@ -36,7 +37,7 @@ HMDB_SIDES = {"1": "train", "2": "test", "0": None}
 SHOWN = 5  # missing names listed in a report
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """A split file that cannot be read as its dataset writes it."""
 
 
@@ -120,7 +121,7 @@ def dataset_layout(path: Path) -> str:
             return "hmdb51"
         raise SplitError(f"{path}: a folder, but neither UCF101's split lists (classInd.txt) nor HMDB51's (*_test_splitN.txt)")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no labels table or split folder")
+        raise MissingInputError(f"{path}: no labels table or split folder")
     return "parquet"
 
 
@@ -148,6 +149,7 @@ def read_labels(path: str | Path, split: int = 1) -> pd.DataFrame:
     seen: dict[str, Entry] = {}
     for entry in entries:
         paths.check_relpath(entry.relpath, f"{path}, {entry.where}")
+        paths.check_label(entry.label, f"{path}, {entry.where}")
         first = seen.setdefault(entry.relpath, entry)
         if (first.label, first.split) != (entry.label, entry.split):
             raise SplitError(f"{path}: {entry.relpath} is listed as {first.label}/{first.split} ({first.where}) "

@@ -24,18 +24,26 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import fsspec
+import google_crc32c
 import numpy as np
 import zarr
+from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+from zarr.codecs import ShardingCodec
+from zarr.codecs.sharding import ShardingCodecIndexLocation
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from pipeline import codecs, durable
 from pipeline.faults import CorruptChunkError
 from schemas import paths
 from schemas import store as layout
+from schemas.errors import MissingInputError
 
+INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]  # zarr's default shard index
+EMPTY_CHUNK = 2**64 - 1  # a shard index's offset (and length) for a chunk it does not hold
 TRASH_SUFFIX = ".trash"  # a replaced or removed array, renamed aside into the partial root before it is deleted
 
 
@@ -125,17 +133,6 @@ def clear_partial(store: str | Path, group: str) -> None:
     for folder in [*Path(group).parents[:-1], Path(".")]:  # its parents if empty, deepest first
         with contextlib.suppress(OSError):
             (legacy / folder).rmdir()
-
-
-def prepare_group(store: str | Path, group: str, wanted: set[str]) -> int:
-    """Before a stage writes `group`: create it, drop leftovers of killed runs, and remove finished
-    arrays whose video is no longer wanted (so outputs always match inputs). Returns how many."""
-    ensure_group(store, group)
-    clear_partial(store, group)
-    stale = [name for name in finished_arrays(store, group) if name not in wanted]
-    for name in stale:
-        remove_array(store, group, name)
-    return len(stale)
 
 
 def create_partial(
@@ -287,12 +284,14 @@ def _regroup(blocks: Iterable[np.ndarray], size: int, frame_shape: tuple[int, ..
 
 
 def damage(store: str | Path, group: str, name: str, *, verify: bool = False) -> str | None:
-    """Why the finished array `group/name` cannot be trusted, or None: its metadata does not read or
-    a shard file is missing (cheap: one small read and a stat per shard); with `verify`, also a
-    chunk that does not decode (reads everything). A producing stage rewrites a damaged array
-    instead of skipping it for its matching fingerprint."""
+    """Why the finished array `group/name` cannot be trusted, or None: its metadata does not read, a
+    shard file is missing, or a shard's index (its last bytes: where each chunk lies, and their
+    checksum) is damaged or points past the file's end, as truncation leaves it (cheap: a stat and
+    one small read per shard); with `verify`, also a chunk that does not decode (reads everything).
+    A producing stage rewrites a damaged array instead of skipping it for its matching fingerprint."""
     try:
         array = open_finished(store, group, name, "decode" if group == layout.FRAMES_GROUP else "flow")
+        array.check_indexes()
         if verify:
             shard = (array.shards or array.chunks)[0]
             for start in range(0, array.shape[0], shard):
@@ -328,13 +327,24 @@ def open_stored(where: str, group: str, name: str, stage: str) -> StoredArray:
     except FileNotFoundError:
         raise _missing(where, group, name, stage) from None
     except Exception as exc:  # zarr raises many kinds for bad metadata: every one is this array's damage
-        raise CorruptChunkError(f"video {name!r}, array {group}/{name}: its metadata (zarr.json) does not read "
-                                f"({type(exc).__name__}: {exc}); re-run the {stage} stage", name) from exc  # fmt: skip
+        raise damaged(f"video {name!r}, array {group}/{name}: its metadata (zarr.json) does not read ({type(exc).__name__}: {exc})",
+                      group, name) from exc  # fmt: skip
     return StoredArray(array, group, name)
 
 
-def _missing(where: str, group: str, name: str, stage: str) -> FileNotFoundError:
-    return FileNotFoundError(f"no {group} array for video {name!r} in {where}; run the {stage} stage")
+def damaged(message: str, group: str, video_id: str, *, imported: bool = False) -> CorruptChunkError:
+    """The error for damage found in the array `group/video_id`: `message`, then the command that
+    rewrites it (schemas/store.py), so the one who reads it knows what to run."""
+    return CorruptChunkError(f"{message}; repair: {layout.repair_command(group, imported=imported)}", video_id)
+
+
+def _imported(attrs: dict[str, Any]) -> bool:
+    """Whether import-rawframes wrote the array (frames record it in their params, flow at the top)."""
+    return bool(attrs.get("imported") or (attrs.get("params") or {}).get("imported"))
+
+
+def _missing(where: str, group: str, name: str, stage: str) -> MissingInputError:
+    return MissingInputError(f"no {group} array for video {name!r} in {where}; run the {stage} stage")
 
 
 class StoredArray:
@@ -388,15 +398,58 @@ class StoredArray:
         span = f"frame {frames[0]}" if frames[1] - frames[0] == 1 else f"frames {frames[0]}-{frames[1] - 1}"
         return f"video {self.video_id!r}, array {self.group}/{self.video_id}, {span}"
 
-    def _check_shards(self) -> None:
+    def _damaged(self, message: str) -> CorruptChunkError:
+        """The error for damage found in this array, ending with the command that repairs it."""
+        return damaged(message, self.group, self.video_id, imported=_imported(self.array.attrs.asdict()))
+
+    def _shard_keys(self) -> Iterator[tuple[str, str, tuple[int, int]]]:
+        """(store key, key within the array, (first frame, end frame)) of each shard file the array should have."""
         per_shard = (self.array.shards or self.array.chunks)[0]
         length = self.array.shape[0]
         for index in range(-(-length // per_shard)):
             key = self.array.metadata.encode_chunk_key((index,) + (0,) * (self.array.ndim - 1))
-            if not sync(self.array.store.exists(f"{self.array.path}/{key}" if self.array.path else key)):
-                frames = (index * per_shard, min((index + 1) * per_shard, length))
-                raise CorruptChunkError(f"{self._where(frames)}: shard file {key} is missing; re-run the stage that wrote it",
-                                        self.video_id)
+            full = f"{self.array.path}/{key}" if self.array.path else key
+            yield full, key, (index * per_shard, min((index + 1) * per_shard, length))
+
+    def _check_shards(self) -> None:
+        for full, key, frames in self._shard_keys():
+            if not sync(self.array.store.exists(full)):
+                raise self._damaged(f"{self._where(frames)}: shard file {key} is missing")
+
+    def check_indexes(self) -> None:
+        """Read each shard's index (zarr v3 sharding: a table of (offset, length) per chunk, with its
+        CRC32C) and check it: its checksum, and each chunk lying within the file (a chunk the index
+        marks absent is all fill value, which zarr does not store even when told to write empty
+        chunks). Truncation or an overwritten end is found without reading the chunks.
+        CorruptChunkError names the shard; arrays with another index layout are not checked."""
+        codec = self.array.metadata.codecs[0]
+        if not isinstance(codec, ShardingCodec) or [c.to_dict() for c in codec.index_codecs] != INDEX_CODECS:
+            return
+        if self.array.shards is None or self.array.chunks[1:] != self.array.shape[1:]:
+            return  # chunks of whole frames only (every array of this pipeline's): one index entry per chunk of frames
+        chunk = self.array.chunks[0]
+        entries = self.array.shards[0] // chunk
+        index_bytes = 16 * entries + 4
+        at_end = codec.index_location == ShardingCodecIndexLocation.end
+        for full, key, frames in self._shard_keys():
+            size = sync(self.array.store.getsize(full))
+            where = f"{self._where(frames)}: shard file {key}"
+            if size < index_bytes:
+                raise self._damaged(f"{where} is {size} bytes, too short for its index of {index_bytes}: truncated")
+            request = SuffixByteRequest(index_bytes) if at_end else RangeByteRequest(0, index_bytes)
+            raw = sync(self.array.store.get(full, default_buffer_prototype(), byte_range=request)).to_bytes()
+            if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                raise self._damaged(f"{where}: its index (the file's {'last' if at_end else 'first'} {index_bytes} bytes) fails "
+                                    f"its checksum: truncated or overwritten")  # fmt: skip
+            table = np.frombuffer(raw[:-4], "<u8").reshape(entries, 2)
+            held = -(-(frames[1] - frames[0]) // chunk)  # chunks this shard must hold
+            begin, end = (0, size - index_bytes) if at_end else (index_bytes, size)
+            for position, (offset, length) in enumerate(table[:held].tolist()):
+                if offset == EMPTY_CHUNK:
+                    continue
+                if offset < begin or offset + length > end:
+                    raise self._damaged(f"{where}: its index places chunk {frames[0] // chunk + position} at bytes "
+                                        f"{offset}-{offset + length}, outside the file's {size}: truncated")  # fmt: skip
 
     def _locate(self, selection: Any, cause: Exception) -> CorruptChunkError:
         """Read the selection's chunks one by one to name the first that fails."""
@@ -414,5 +467,5 @@ class StoredArray:
                 self.array[frames[0] : frames[1]]
             except Exception as exc:
                 chunk = (index,) + (0,) * (self.array.ndim - 1)
-                return CorruptChunkError(f"{self._where(frames)}, chunk {chunk}: does not decode ({exc})", self.video_id)
-        return CorruptChunkError(f"video {self.video_id!r}, array {self.group}/{self.video_id}: read failed ({cause})", self.video_id)
+                return self._damaged(f"{self._where(frames)}, chunk {chunk}: does not decode ({exc})")
+        return self._damaged(f"video {self.video_id!r}, array {self.group}/{self.video_id}: read failed ({cause})")

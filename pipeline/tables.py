@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.durable import FileSet, atomic_write_bytes, recover, sweep  # noqa: F401 (re-exported for the stages)
 from schemas import paths
+from schemas.errors import MissingInputError
 
 
 def write_table(
@@ -61,7 +62,7 @@ def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
     path = Path(path)
     recover(path.parent)  # a set of tables committed by a run killed before it was done: finish it
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run the stage that writes it first")
+        raise MissingInputError(f"{path} does not exist; run the stage that writes it first")
     table = pq.read_table(path)
     if schema is not None and table.schema.names != schema.names:
         raise ValueError(f"{path}: columns {table.schema.names} differ from the declared {schema.names}; re-run its stage")
@@ -70,9 +71,9 @@ def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
 
 
 def check_paths(name: str, table: pa.Table) -> None:
-    """Refuse a table whose ids or relpaths could reach outside their roots (schemas/paths.py),
-    naming the table, the first bad row and its value."""
-    for column in (*paths.ID_COLUMNS, *paths.RELPATH_COLUMNS):
+    """Refuse a table whose ids or relpaths could reach outside their roots, or whose class names
+    are not one line of text (schemas/paths.py), naming the table, the first bad row and its value."""
+    for column in paths.CHECKED_COLUMNS:
         if column in table.column_names:
             values = table.column(column)
             bad = paths.first_problem(column, values.unique().to_pylist())  # a clip index repeats each id

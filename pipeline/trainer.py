@@ -39,11 +39,16 @@ from tqdm import tqdm
 from pipeline.dataset import ClipLoader, MSCLClips, to_device
 from pipeline.mscl import MSCL, Method, key_momentum
 from pipeline.tables import FileSet, atomic_write_bytes, recover, sweep
+from schemas.errors import UserError
 from schemas.params import DatasetParams, TrainParams
 
 CHECKPOINT = "checkpoint.pt"
 LOSS_PARTS = ("rgb", "flow", "flow_rot", "cross", "cross_rot", "lmcl")
 LOG_FIELDS = ("step", "epoch", "lr", "key_momentum", "loss", *LOSS_PARTS)
+
+
+class TooFewClipsError(UserError, ValueError):
+    """The clip index cannot fill one batch; the message says what to lower."""
 
 
 @dataclass
@@ -166,7 +171,8 @@ def train(
                         worker_nice=10 if device.type == "cpu" else 0, drop_last=True)  # fmt: skip
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError(f"{index}: {dataset.epoch_length} clips per rank cannot fill one batch of {p.batch_size}; lower train.batch_size")
+        raise TooFewClipsError(f"{index}: {dataset.epoch_length} clips per rank cannot fill one batch of {p.batch_size}; "
+                               "lower train.batch_size")
     total_steps = p.epochs * steps_per_epoch
     warmup_steps = round(p.warmup_epochs * steps_per_epoch)
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.errors import UserError
 from schemas.store import FRAME_CODECS, STRIP_SUBSAMPLING
 
 
@@ -141,6 +142,10 @@ class DecodeParams(Section):
         "zstd", description="zstd: lossless; jpeg, jpegxl, avif, webp: one still image per frame (bench/storage.py)"
     )
     quality: int = Field(95, ge=1, le=100, description="quality of a lossy codec, 1-100 (imagecodecs' level)")
+    memory_mb: int = Field(1024, ge=16, le=1 << 20, description="MiB one decode or import worker may hold of a video's frames "
+                           "(FFmpeg's output read ahead, the shard being written, one source image): the blocks are sized from "
+                           "it, and a video whose frames cannot fit is refused (too_large) saying what to set. One worker per "
+                           "core: 16 cores x 1024 fit a 24 GiB machine. Not part of any fingerprint (it changes no pixel)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DecodeParams":
@@ -156,12 +161,17 @@ class DecodeParams(Section):
         """The params the stored pixels depend on (a frames array's fingerprint): all of them, but
         zstd is lossless, so with it the codec keys are left out, and stores written before they
         existed keep their fingerprints."""
-        dumped = self.model_dump(mode="json")
+        dumped = self.recorded()
         if self.codec == "zstd":
             del dumped["codec"], dumped["quality"]
         if self.codec == "jpeg":  # 4:4:4 since multi-frame chunks; JPEG stores before were 4:2:0
             dumped["jpeg_subsampling"] = STRIP_SUBSAMPLING
         return dumped
+
+    def recorded(self) -> dict[str, Any]:
+        """The params an array records as those that made it: all but the memory budget, which
+        changes how frames are read, never which."""
+        return self.model_dump(mode="json", exclude={"memory_mb"})
 
     def fps_fraction(self) -> Fraction | None:
         return None if self.fps is None else Fraction(self.fps).limit_denominator(1001)
@@ -455,7 +465,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """A params file that does not match the schema; the message names file, key, value and rule."""
 
 

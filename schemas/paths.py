@@ -1,24 +1,30 @@
-"""What ids and relative paths read from a table may be: the rules every reader checks.
+"""What ids, relative paths and class names read from a table may be: the rules every reader checks.
 
 A video id names a folder in the store and files in output folders, and a relpath is joined onto
 the videos root: a table edited by hand, or written by another tool, must not be able to reach
-outside either. pipeline/tables.py checks every column declared here where a table is read, and
-refuses a bad row naming the table, the row and the value.
+outside either. A class name becomes one line of a list (mmaction2's classes.txt): a line break in
+it would shift every class after it. pipeline/tables.py checks every column declared here where a
+table is read, and refuses a bad row naming the table, the row and the value.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import PurePosixPath
 from typing import Any, Iterable
+
+from schemas.errors import UserError
 
 # pipeline/scan.py video_id: a slug of [A-Za-z0-9._-] that starts with a letter or digit, "-", 8 hex.
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 ID_COLUMNS = ("video_id",)
 RELPATH_COLUMNS = ("relpath",)
+LABEL_COLUMNS = ("label",)
+CHECKED_COLUMNS = (*ID_COLUMNS, *RELPATH_COLUMNS, *LABEL_COLUMNS)
 
 
-class UnsafeValueError(ValueError):
+class UnsafeValueError(UserError, ValueError):
     """An id or path from a table that could reach outside its root."""
 
 
@@ -41,6 +47,15 @@ def relpath_problem(value: Any) -> str | None:
     return None
 
 
+def label_problem(value: Any) -> str | None:
+    """Why `value` is not a class name (one line of text), or None if it is."""
+    if not isinstance(value, str) or not value.strip():
+        return "is not a class name (text, not empty)"
+    if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in value):
+        return "holds a line break or another control character: a class name is one line of text"
+    return None
+
+
 def check_id(value: Any, where: str) -> str:
     """`value` if it is a safe id, else UnsafeValueError naming `where` (table and row)."""
     if problem := id_problem(value):
@@ -54,9 +69,15 @@ def check_relpath(value: Any, where: str) -> str:
     return value
 
 
+def check_label(value: Any, where: str) -> str:
+    if problem := label_problem(value):
+        raise refuse(where, "label", value, problem)
+    return value
+
+
 def first_problem(column: str, values: Iterable[Any]) -> tuple[Any, str] | None:
-    """(value, why) for the first unsafe value of an id or relpath `column`, or None."""
-    problem_of = id_problem if column in ID_COLUMNS else relpath_problem
+    """(value, why) for the first unsafe value of an id, relpath or label `column`, or None."""
+    problem_of = id_problem if column in ID_COLUMNS else relpath_problem if column in RELPATH_COLUMNS else label_problem
     for value in values:
         if problem := problem_of(value):
             return value, problem

@@ -8,11 +8,21 @@
 
 Each top-level group (`frames`, later `flow/<method>`) is one stage's DVC output and a Zarr group
 of its own, so a reader can open it without the store's root.
+
+The root group's attributes carry the store's identity (`STORE_MARKER`), written when the store is
+created; each group's attributes list the arrays this store wrote there (`OWNED_ATTR`), the only
+ones a stage ever deletes (pipeline/ownership.py).
 """
 
 from __future__ import annotations
 
 STORE_VERSION = 1
+
+# Root group attribute: {"layout": STORE_VERSION, "id": random hex, "created": ISO time}. A folder
+# without it is not this pipeline's store (unless adopted, pipeline/ownership.py).
+STORE_MARKER = "mscl_store"
+# Group attribute: sorted names of the arrays this store wrote (or is writing) in the group.
+OWNED_ATTR = "owned_arrays"
 
 FRAMES_GROUP = "frames"
 PARTIAL_SUFFIX = ".partial"  # in-progress writes live in <store>.partial, never mistaken for finished arrays
@@ -77,6 +87,16 @@ FLOW_ATTRS = (
 
 def flow_group(method: str) -> str:
     return f"{FLOW_GROUP}/{method}"
+
+
+def repair_command(group: str, *, imported: bool = False) -> str:
+    """The command that rewrites a damaged array of `group`: its stage, reading every chunk of the
+    arrays it skips (--verify); for an imported array, the import again."""
+    if imported:
+        return "python cli.py import-rawframes <its rawframes folder> --verify"
+    if group == FRAMES_GROUP:
+        return "python cli.py decode --verify"
+    return f"python cli.py extract-flow --method {group.removeprefix(FLOW_GROUP + '/')} --verify"
 
 
 def frames_chunks(height: int, width: int, chunk_frames: int, codec: str = "zstd") -> tuple[int, int, int, int]:

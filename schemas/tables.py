@@ -65,6 +65,8 @@ FAILURE_REASONS = (
     "bad_frames",
     "shorter_than_clip",
     "bad_flow",
+    "too_large",  # frames or images larger than the memory budget (decode.memory_mb) or the absolute image cap allow
+    "bad_name",  # a name tables cannot hold (not valid UTF-8)
 )
 
 # data/decode/decoded.parquet: one row per frame array in the store (decode stage).

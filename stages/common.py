@@ -7,14 +7,19 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from pydantic import BaseModel
+
+from pipeline.ownership import VIDEOS_ROOT
 
 from schemas import tables
 from schemas.params import DecodeParams
 
 log = logging.getLogger("stages")
+PROJECT = Path(__file__).resolve().parent.parent  # this checkout: never a store, nor inside one
 
 
 def failure(stage: str, video_id: str, relpath: str, reason: str, detail: str) -> dict[str, str]:
@@ -59,3 +64,24 @@ class Summary:
         lines = [f"{self.stage}: " + ", ".join(parts) + f" in {seconds:.1f} s"]
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def protected_folders(videos_root: str | Path | None) -> dict[str, Path]:
+    """The folders a store must never be or hold (pipeline/ownership.py), by what they are."""
+    folders = {"the project's folder": PROJECT, "the current folder": Path.cwd()}
+    if videos_root is not None:
+        folders[VIDEOS_ROOT] = Path(videos_root)
+    return folders
+
+
+def listed_arrays(*tables: str | Path) -> set[str]:
+    """The arrays ("frames/<id>", "flow/<method>/<id>") that these stage tables (decoded.parquet,
+    the flow stage's videos.parquet) list, for those that exist and read: what the project's own
+    tables say a store written before its marker holds."""
+    listed: set[str] = set()
+    for table in tables:
+        try:
+            listed.update(pq.read_table(table, columns=["array"]).column("array").to_pylist())
+        except (OSError, ValueError, KeyError):  # absent, unreadable or another table: it vouches for nothing
+            continue
+    return listed

@@ -16,8 +16,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from pipeline import faults, locks, store
-from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks, output_size, stored_frame_count
+from pipeline import faults, ownership, store
+from pipeline.decode import DecodeError, DecodeSpec, TooLarge, iter_frame_blocks, output_size, read_plan, stored_frame_count
 from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.probe import decoded_size
 from pipeline.parallel import map_progress
@@ -25,7 +25,7 @@ from pipeline.tables import FileSet, read_table, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams
 from schemas.tables import DECODED, FAILURES, VIDEOS
-from stages.common import Summary, failure, frames_fingerprint, log_failure
+from stages.common import Summary, failure, frames_fingerprint, listed_arrays, log_failure, protected_folders
 
 STAGE = "decode"
 
@@ -108,7 +108,7 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
         "source_frame_step": stored["source_frame_step"],
         "source_size": [row["display_width"], row["display_height"]],
         "scale": stored["scale"],
-        "params": item.params.model_dump(mode="json"),
+        "params": item.params.recorded(),
         "ffmpeg": ffmpeg_binary().version,
         "axes": list(layout.FRAMES_AXES),
         "fingerprint": item.fingerprint,
@@ -117,16 +117,20 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
     source_width, source_height = decoded_size(row["width"], row["height"], row["rotation"])
     attrs["decoded_size"] = [source_width, source_height]  # what FFmpeg decodes to: lets flow decode the source again
     try:
-        blocks = iter_frame_blocks(item.path, spec, source_width=source_width, source_height=source_height)
+        plan = read_plan(spec.width * spec.height * 3, item.params.shard_frames, item.params.memory_mb * 2**20)
+        blocks = iter_frame_blocks(item.path, spec, source_width=source_width, source_height=source_height, plan=plan)
         count = store.write_frames(
             item.store, row["video_id"], blocks,
             height=spec.height, width=spec.width, chunk_frames=item.params.chunk_frames,
             shard_frames=item.params.shard_frames, attrs=attrs, codec=item.params.codec, quality=item.params.quality,
         )  # fmt: skip
-    except DecodeError as exc:
+    except (DecodeError, MemoryError) as exc:
         # Name the file by its relative path: the table must not depend on where the videos live.
         detail = str(exc).replace(f"file:{item.path}", row["relpath"]).replace(item.path, row["relpath"])
-        return "failed", failure(STAGE, row["video_id"], row["relpath"], "decode_error", detail)
+        if isinstance(exc, MemoryError):
+            detail = f"out of memory writing its frames ({spec.width}x{spec.height}): lower decode.memory_mb or set decode.short_side"
+        reason = "too_large" if isinstance(exc, (TooLarge, MemoryError)) else "decode_error"
+        return "failed", failure(STAGE, row["video_id"], row["relpath"], reason, detail)
     except OSError as exc:
         if faults.is_environment(exc, (item.store,)):  # the store's disk, not the video: stop the stage
             raise faults.fault(exc, row["relpath"], item.store, needed=item.expected_frames * spec.height * spec.width * 3) from None
@@ -134,7 +138,6 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
     return status, decoded_row(item, count)
 
 
-@locks.holding("store_path", "decode")
 def run(
     params: DecodeParams,
     manifest: str | Path,
@@ -147,12 +150,20 @@ def run(
     verify: bool = False,
 ) -> Summary:
     """Decode every video of the manifest into the store. A finished array whose fingerprint matches
-    is skipped unless it is damaged (metadata or a shard file; with `verify`, any chunk)."""
+    is skipped unless it is damaged (metadata, a shard file or its index; with `verify`, any chunk).
+    The store must be this pipeline's, or a new folder (pipeline/ownership.py)."""
+    listed = listed_arrays(Path(out) / "decoded.parquet")
+    with ownership.owning(store_path, "decode", protected=protected_folders(videos_root), listed=listed) as owner:
+        return _decode_all(owner, params, manifest, videos_root, str(store_path), out, scheduler, workers, verify)
+
+
+def _decode_all(owner: ownership.Owner, params: DecodeParams, manifest: str | Path, videos_root: str | Path, store_name: str,
+                out: str | Path, scheduler: str | None, workers: int | None, verify: bool) -> Summary:  # fmt: skip
     summary = Summary("decode")
     videos = read_table(Path(manifest) / "videos.parquet", VIDEOS).to_pylist()
-    store_name, store_path, out = str(store_path), str(Path(store_path).absolute()), Path(out)
+    store_path, out = str(owner.store), Path(out)
     sweep(out)  # what a killed run left: its tables' temporary files, a committed set to finish
-    if stale := store.prepare_group(store_path, layout.FRAMES_GROUP, {row["video_id"] for row in videos}):
+    if stale := owner.prepare_group(layout.FRAMES_GROUP, {row["video_id"] for row in videos}):
         summary.add("stale arrays removed", stale)
     items = [replace(plan_item(row, Path(videos_root), params, store_path), verify=verify) for row in videos]
     rows, failures = [], []
@@ -181,4 +192,5 @@ def run(
         summary.notes.append(
             f"{row['relpath']}: {row['num_frames']} frames stored, {expected[row['video_id']]} expected from the probe"
         )
+    summary.notes += owner.notes
     return summary

@@ -37,6 +37,7 @@ from pipeline.mscl import flow_encoder_input
 from pipeline.splits import match_videos, read_labels
 from pipeline.store import CorruptChunkError, open_flow, open_frames
 from pipeline.tables import FileSet, read_table, sweep, write_table
+from schemas.errors import MissingInputError
 from schemas.params import Params
 from schemas.tables import DECODED, FAILURES
 from stages.common import Summary, failure, log_failure
@@ -194,7 +195,7 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
     for name in MODELS:
         weights = None if name == "random" else Path(train_dir) / name / "rgb_encoder.pt"
         if weights is not None and not weights.is_file():
-            raise FileNotFoundError(f"{weights}: no trained encoder; run the train stage (python cli.py train --method {name})")
+            raise MissingInputError(f"{weights}: no trained encoder; run the train stage (python cli.py train --method {name})")
         features = clip_features(load_encoder(params, weights), clips, e.batch_size)
         result = video_metrics(per_video(features, clip_video, len(videos)), video_labels, gallery_video, e.ks, e.knn)
         query, gallery = features[~in_gallery], features[in_gallery]

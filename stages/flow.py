@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import codecs, faults, locks, store
+from pipeline import codecs, faults, ownership, store
 from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks
 from pipeline.flow import DIS, RAFT, TVL1, DISConfig, Farneback, FarnebackConfig, FlowError, FlowEstimator, RAFTConfig, TVL1Config
 from pipeline.flowstats import STAT_NAMES, flow_stats, stats_rows
@@ -34,7 +34,7 @@ from pipeline.tables import FileSet, read_table, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams
 from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
-from stages.common import Summary, failure, fingerprint, frames_fingerprint, log_failure, log
+from stages.common import Summary, failure, fingerprint, frames_fingerprint, listed_arrays, log, log_failure, protected_folders
 
 STAGE = "flow"
 
@@ -173,7 +173,6 @@ class _Video:
     error: str | None = None
 
 
-@locks.holding("store_path", "extract-flow")
 def run(
     params: FlowParams,
     decoded: str | Path,
@@ -188,15 +187,22 @@ def run(
     """Flow of every decoded video. Frames stored lossy (decode.codec jpeg, ...) are decoded again
     from the source under `videos_root`, so the flow is the same as from lossless frames (and keeps
     its fingerprint across frame codecs); without `videos_root` it comes from the stored frames.
-    A finished flow array is computed again if damaged (metadata or a shard file; with `verify`,
-    any chunk), even where its fingerprint matches."""
+    A finished flow array is computed again if damaged (metadata, a shard file or its index; with
+    `verify`, any chunk), even where its fingerprint matches. The store must be this pipeline's."""
+    listed = listed_arrays(Path(decoded) / "decoded.parquet", Path(out) / "videos.parquet")
+    with ownership.owning(store_path, "extract-flow", protected=protected_folders(videos_root), listed=listed) as owner:
+        return _flow_all(owner, params, decoded, out, scheduler, workers, videos_root, verify)
+
+
+def _flow_all(owner: ownership.Owner, params: FlowParams, decoded: str | Path, out: str | Path, scheduler: str | None,
+              workers: int | None, videos_root: str | Path | None, verify: bool) -> Summary:  # fmt: skip
     summary = Summary(f"extract-flow ({params.method})")
     lossy_from_store = 0
-    out, store_path = Path(out), str(Path(store_path).absolute())
+    out, store_path = Path(out), str(owner.store)
     sweep(out)  # what a killed run left: its tables' temporary files, a committed set to finish
     group = layout.flow_group(params.method)
     videos = read_table(Path(decoded) / "decoded.parquet", DECODED).to_pylist()
-    if stale := store.prepare_group(store_path, group, {row["video_id"] for row in videos}):
+    if stale := owner.prepare_group(group, {row["video_id"] for row in videos}):
         summary.add("stale arrays removed", stale)
     done_rows, stat_rows, failures, tasks, recode = [], [], [], [], []
     pending: dict[str, _Video] = {}
@@ -293,6 +299,7 @@ def run(
         write_table(out / "stats.parquet", stat_rows, FLOW_STATS, metadata=metadata, files=files)
         write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata, files=files)
     summary.add("pairs", sum(r["num_pairs"] for r in done_rows))
+    summary.notes += owner.notes
     if lossy_from_store:
         summary.notes.append(f"{lossy_from_store} videos' frames are stored lossy, and their flow came from those frames: "
                              "give the videos root (data.videos) to compute it from the source videos")  # fmt: skip

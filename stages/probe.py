@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.ffmpeg import ffmpeg_binary
 from pipeline.parallel import map_progress
 from pipeline.probe import ProbeError, probe_video
-from pipeline.scan import FoundVideo, scan_videos
+from pipeline.scan import FoundVideo, scan_videos, shown
 from pipeline.tables import FileSet, read_table, sweep, table_metadata, write_table
 from schemas.params import ProbeParams
 from schemas.tables import FAILURES, TABLES_VERSION, VIDEOS
@@ -44,8 +44,11 @@ def probe_one(item: ProbeItem) -> tuple[str, dict[str, Any]]:
     video = item.video
 
     def fail(reason: str, detail: str) -> tuple[str, dict[str, Any]]:
-        return "failed", failure(STAGE, video.video_id, video.relpath, reason, detail)
+        return "failed", failure(STAGE, video.video_id, shown(video.relpath), reason, detail)
 
+    if shown(video.relpath) != video.relpath:  # bytes that are not UTF-8: no table can hold the name
+        return fail("bad_name", "its path is not valid UTF-8, which tables cannot hold: rename it (convmv does it for a whole "
+                                "tree) and probe again")  # fmt: skip
     try:
         size = video.path.stat().st_size
         digest = file_sha256(video.path) if size else ""

@@ -67,6 +67,8 @@ def score_video(task: ScoreTask) -> dict[str, Any]:
                 block = codecs.from_fixed(codecs.to_fixed(block, task.grid), task.grid)
             block = np.asarray(block, np.float32)
             scores = frame_scores(block, block=task.block, noise_floor=task.noise_floor, convention=task.convention)
+        except store.CorruptChunkError as exc:  # names the frames and ends with the command that repairs them
+            return {"video_id": task.video_id, "error": str(exc)}
         except ValueError as exc:
             return {"video_id": task.video_id, "error": f"{exc} in flow frames {start}-{stop - 1}"}
         for name in SCORE_COLUMNS:

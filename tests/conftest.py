@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from pipeline import synth
 from pipeline.encode import encode_video
 from pipeline.ffmpeg import ffmpeg_exe
+from schemas import store as layout
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_VIDEOS = sorted(p.name for p in FIXTURES.iterdir() if p.suffix in (".mp4", ".avi", ".webm"))
@@ -28,6 +30,16 @@ def fixture_dir() -> Path:
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under root, by relative path: for byte-for-byte comparisons of outputs."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def store_bytes(store: Path) -> dict[str, bytes]:
+    """tree_bytes of a store with the one thing two stores never share taken out of its root's
+    metadata: the identity marker (a random id and a time, by design; pipeline/ownership.py)."""
+    files = tree_bytes(store)
+    root = json.loads(files.pop("zarr.json"))
+    assert root["attributes"].pop(layout.STORE_MARKER)["id"]
+    files["zarr.json"] = json.dumps(root).encode()
+    return files
 
 
 def ffmpeg(*args: str) -> None:

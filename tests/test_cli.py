@@ -2,7 +2,10 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -75,3 +78,82 @@ def test_stages_run_from_the_shell_with_another_params_file(tmp_path):
         assert proc.stdout.startswith(command)  # the summary, for people
     decoded = read_table(tmp_path / "dec" / "decoded.parquet").to_pylist()
     assert [(r["num_frames"], r["height"], r["width"]) for r in decoded] == [(8, 32, 43)] * 2
+
+
+def params_for(tmp_path, demo_sampled, **data) -> Path:
+    """The project's params.yaml with data.* pointed at the small demo run (and `data` over it)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(videos=str(demo_sampled / "demo" / "videos"), manifest=str(demo_sampled / "manifest"),
+                       store=str(demo_sampled / "store.zarr"), decode=str(demo_sampled / "decode"), flow=str(demo_sampled / "flow"),
+                       sample=str(demo_sampled / "sample"), labels=str(demo_sampled / "demo" / "labels.parquet"),
+                       train=str(tmp_path / "train"))  # fmt: skip
+    raw["data"].update({key: str(value) for key, value in data.items()})
+    raw["flow"]["method"] = "dis"
+    path = tmp_path / f"params-{len(list(tmp_path.glob('params-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def user_error_cases(tmp_path: Path, demo_sampled: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments of cli.py, what the first line of stderr starts with): one per kind of
+    user error the fault runs found ending in a traceback, or in a crash."""
+    users = tmp_path / "users-folder"
+    (users / "frames").mkdir(parents=True)
+    (users / "holiday.jpg").write_bytes(b"mine")
+    labels = read_table(demo_sampled / "demo" / "labels.parquet").to_pylist()
+    labels[3]["label"] = "aaa\nbbb"
+    pq.write_table(pa.Table.from_pylist(labels), tmp_path / "labels.parquet")
+    ucf = tmp_path / "ucfTrainTestlist"
+    ucf.mkdir()
+    (ucf / "classInd.txt").write_text("1 rotate\n")
+    (ucf / "trainlist01.txt").write_text("rotate/rotate_000.mp4 1\nzoom_in/zoom_in_000.mp4 7\n")
+    (ucf / "testlist01.txt").write_text("")
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "clips.txt").write_text("my own list\n")
+    params = lambda **data: ["--params", str(params_for(tmp_path, demo_sampled, **data))]  # noqa: E731
+    return {
+        "store not ours": (["decode", *params(store=users)], f"error: {users}: is not this pipeline's store"),
+        "store at the root": (["decode", *params(store="/")], "error: /: is the file system's root"),
+        "store is the project": (["extract-flow", *params(store=REPO)], f"error: {REPO}: is the project's folder"),
+        "import into a folder not a store": (["import-rawframes", str(tmp_path), *params(store=users)],
+                                             f"error: {users}: is not this pipeline's store"),
+        "export into a folder not export's": (["export-mmaction", *params(), "--out", str(exported)],
+                                              f"error: {exported}: is not empty and export-mmaction did not write it"),
+        "a label of two lines": (["export-mmaction", *params(labels=tmp_path / "labels.parquet"), "--out", str(tmp_path / "e2")],
+                                 f"error: {tmp_path / 'labels.parquet'}, row 3: label 'aaa\\nbbb' holds a line break"),
+        "a class index not in classInd.txt": (["export-mmaction", *params(labels=ucf), "--out", str(tmp_path / "e3")],
+                                              f"error: {ucf / 'trainlist01.txt'}:2: class index 7 is not in classInd.txt"),
+        "a missing table": (["decode", *params(manifest=tmp_path / "nowhere")],
+                            f"error: {tmp_path / 'nowhere' / 'videos.parquet'} does not exist; run the stage that writes it first"),
+    }
+
+
+CASES = ["store not ours", "store at the root", "store is the project", "import into a folder not a store",
+         "export into a folder not export's", "a label of two lines", "a class index not in classInd.txt", "a missing table"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_user_error_is_one_line_and_exit_status_1(case, demo_sampled, tmp_path):
+    """Before: SplitError, ValueError, cv2.error and the refusals ended in tracebacks (44 lines for
+    a class index missing from classInd.txt), or wrote into the user's folder."""
+    arguments, first_line = user_error_cases(tmp_path, demo_sampled)[case]
+    result = subprocess.run([sys.executable, "cli.py", *arguments], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith(first_line), lines
+    assert len([line for line in lines if line.startswith("error:")]) == 1
+
+
+def test_too_few_clips_for_a_batch_is_one_line(demo_sampled, tmp_path):
+    """Before: a traceback whose last line was good ('... cannot fill one batch of 16; lower train.batch_size')."""
+    params = params_for(tmp_path, demo_sampled)
+    raw = yaml.safe_load(params.read_text())
+    raw["train"].update(batch_size=4096, num_workers=0)
+    params.write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "cli.py", "train", "--params", str(params), "--method", "rgb_only"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].endswith("cannot fill one batch of 4096; lower train.batch_size")

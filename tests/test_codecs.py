@@ -207,7 +207,8 @@ def test_work_in_progress_lives_beside_the_store_and_old_leftovers_inside_it_are
     root = tmp_path / "store.zarr"
     legacy = root / ".partial" / "flow" / "tvl1" / "v.0123"
     legacy.mkdir(parents=True)
-    store.prepare_group(root, "flow/tvl1", set())
+    store.ensure_group(root, "flow/tvl1")
+    store.clear_partial(root, "flow/tvl1")
     assert not (root / ".partial").exists()
     write(root, "v", demo_frames(4))
     assert (tmp_path / "store.zarr.partial" / "frames").is_dir()

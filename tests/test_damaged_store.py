@@ -68,6 +68,7 @@ def test_sample_records_a_damaged_flow_array_and_scores_the_rest(fixture_flowed,
     failures = read_table(tmp_path / "sample" / "failures.parquet").to_pylist()
     assert [f["video_id"] for f in failures] == [victim]
     assert f"video '{victim}', array {group}/{victim}" in failures[0]["detail"]
+    assert failures[0]["detail"].endswith("; repair: python cli.py extract-flow --method dis --verify")  # what to run
     clips = read_table(tmp_path / "sample" / "clips.parquet").to_pandas()
     assert victim not in set(clips.video_id) and clips.video_id.nunique() == 4
 
@@ -123,6 +124,26 @@ def test_a_rerun_of_extract_flow_rewrites_a_damaged_flow_array(fixture_flowed, t
         stores.open_flow(store, "dis", row["video_id"])[:]  # every array reads again
 
 
+@pytest.mark.parametrize("group", [layout.FRAMES_GROUP, layout.flow_group("dis")])
+def test_a_plain_rerun_finds_a_truncated_shard_by_its_index_and_rewrites_it(fixture_flowed, fixture_dir, tmp_path, group):
+    """Before: a shard cut to 1,000 bytes was kept by a plain re-run (the file was there); only
+    --verify rewrote it. Its index, the file's last bytes, is gone, which one small read shows."""
+    store = copy_of(fixture_flowed, tmp_path)
+    victim = videos_of(fixture_flowed)[2]["video_id"]
+    reference = {p.relative_to(store): p.read_bytes() for p in (store / group).rglob("*") if p.is_file()}
+    target = shard(store, group, victim)
+    target.write_bytes(target.read_bytes()[:1000])
+    problem = stores.damage(store, group, victim)
+    assert "its index (the file's last" in problem and "fails its checksum: truncated or overwritten" in problem
+    if group == layout.FRAMES_GROUP:
+        summary = decode_stage.run(DecodeParams(), fixture_flowed / "manifest", fixture_dir, store, tmp_path / "decode", scheduler="sync")
+        assert summary.counts["damaged, decoded again"] == 1 and summary.counts["skipped"] == 4
+    else:
+        summary = flow_stage.run(FlowParams(method="dis"), fixture_flowed / "decode", store, tmp_path / "flow", scheduler="sync")
+        assert summary.counts["damaged"] == 1 and summary.counts["computed"] == 1 and summary.counts["skipped"] == 4
+    assert {p.relative_to(store): p.read_bytes() for p in (store / group).rglob("*") if p.is_file()} == reference
+
+
 @pytest.fixture
 def damaged_index(fixture_flowed, tmp_path):
     store = copy_of(fixture_flowed, tmp_path)
@@ -146,6 +167,7 @@ def test_the_dataset_replaces_damaged_clips_keeps_its_length_and_counts_them(dam
     assert int(replaced.sum()) == dataset.damaged_clips
     warnings = [r for r in caplog.records if "damaged" in r.getMessage()]
     assert len(warnings) == 1 and f"video '{victim}'" in warnings[0].getMessage()
+    assert "repair: python cli.py extract-flow --method dis --verify" in warnings[0].getMessage()
 
 
 def test_the_dataset_fails_on_a_damaged_clip_when_told_naming_video_array_and_chunk(damaged_index):
@@ -172,7 +194,8 @@ def test_evaluate_leaves_out_a_damaged_video_and_records_it(demo_sampled, tmp_pa
     assert summary.counts["videos left out (damaged in the store)"] == 1
     failures = read_table(tmp_path / "eval" / "failures.parquet").to_pylist()
     assert [(f["video_id"], f["reason"]) for f in failures] == sorted([(frames_victim, "bad_frames"), (flow_victim, "bad_flow")])
-    assert f"array frames/{frames_victim}" in failures[[f["video_id"] for f in failures].index(frames_victim)]["detail"]
+    detail = failures[[f["video_id"] for f in failures].index(frames_victim)]["detail"]
+    assert f"array frames/{frames_victim}" in detail and detail.endswith("; repair: python cli.py decode --verify")
     assert (tmp_path / "eval" / "metrics.json").is_file()
 
 

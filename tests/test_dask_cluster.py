@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tree_bytes
+from conftest import REPO, store_bytes
 from pipeline.tables import read_table
 from schemas.params import DecodeParams, ProbeParams
 from stages import decode as decode_stage
@@ -66,7 +66,7 @@ def reference(fixture_dir, tmp_path_factory):
 
 
 def assert_same(out: Path, reference: Path):
-    assert tree_bytes(out / "store.zarr") == tree_bytes(reference / "store.zarr")
+    assert store_bytes(out / "store.zarr") == store_bytes(reference / "store.zarr")
     for table in ("manifest/videos.parquet", "manifest/failures.parquet", "decode/decoded.parquet"):
         assert read_table(out / table).to_pylist() == read_table(reference / table).to_pylist()
 

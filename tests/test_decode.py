@@ -1,5 +1,8 @@
 """pipeline/decode.py: FFmpeg decoding against an independent decoder (OpenCV), scaling, rates."""
 
+import queue
+import threading
+import time
 from fractions import Fraction
 
 import cv2
@@ -8,7 +11,8 @@ import pytest
 
 from conftest import FIXTURES
 from pipeline import synth
-from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks, output_size, stored_frame_count
+from pipeline import decode as decode_module
+from pipeline.decode import DecodeError, DecodeSpec, ReadPlan, TooLarge, iter_frame_blocks, output_size, read_plan, stored_frame_count
 
 SIZES = {"global_pan.avi": (160, 120), "rotate_zoom.webm": (161, 121), "object_on_pan.mp4": (192, 144),
          "static_shot.mp4": (160, 120), "cut_speed.avi": (175, 131)}  # fmt: skip
@@ -28,7 +32,7 @@ def opencv_frames(path) -> np.ndarray:
 
 
 def decode_all(path, spec, size) -> np.ndarray:
-    return np.concatenate(list(iter_frame_blocks(path, spec, source_width=size[0], source_height=size[1], block_frames=7)))
+    return np.concatenate(list(iter_frame_blocks(path, spec, source_width=size[0], source_height=size[1], plan=ReadPlan(block_frames=7))))
 
 
 @pytest.mark.parametrize(
@@ -123,3 +127,43 @@ def test_anamorphic_pixels_are_made_square(bad_videos):
     reference = np.stack([cv2.resize(f, (320, 120), interpolation=cv2.INTER_CUBIC) for f in opencv_frames(FIXTURES / "static_shot.mp4")])
     assert wide.shape == reference.shape == (36, 120, 320, 3)
     assert np.abs(wide.astype(int) - reference).mean() < 4.0
+
+
+@pytest.mark.parametrize("frame_bytes", [170 * 128 * 3, 1920 * 1080 * 3, 3840 * 2160 * 3, 8000 * 8000 * 3])
+@pytest.mark.parametrize("budget_mib", [64, 1024, 16384])
+def test_what_a_decode_holds_fits_its_memory_budget_or_the_video_is_refused(frame_bytes, budget_mib):
+    budget, shard = budget_mib * 2**20, 64
+    try:
+        plan = read_plan(frame_bytes, shard, budget)
+    except TooLarge as exc:
+        assert (2 * shard + 3) * frame_bytes > budget
+        assert "set decode.short_side" in str(exc) and "raise decode.memory_mb to" in str(exc)
+        return
+    held = 2 * shard + (plan.read_ahead + 2) * plan.block_frames  # frames: the shard twice, the blocks queued and in hand
+    assert held * frame_bytes <= budget and 1 <= plan.block_frames <= 32 and 1 <= plan.read_ahead <= 16
+    if frame_bytes == 170 * 128 * 3 and budget_mib >= 1024:
+        assert plan == ReadPlan()  # small frames keep the blocks they always had
+
+
+def test_a_reader_that_dies_takes_its_decode_down_at_once(monkeypatch):
+    """Before: a reader thread that died of MemoryError left the decode waiting forever."""
+    spec = DecodeSpec(width=64, height=48)
+
+    def die(stream, size, out, stop):
+        return None  # a reader gone without putting anything, as one killed by an error it did not catch
+
+    monkeypatch.setattr(decode_module, "_read_blocks", die)
+    started = time.monotonic()
+    with pytest.raises(DecodeError, match="ended without a word"):
+        list(iter_frame_blocks(FIXTURES / "static_shot.mp4", spec, source_width=160, source_height=120))
+    assert time.monotonic() - started < 30
+
+
+def test_a_block_that_cannot_be_allocated_is_reported_not_waited_for():
+    class NoMemory:
+        def read(self, size):
+            raise MemoryError
+
+    out: queue.Queue = queue.Queue()
+    decode_module._read_blocks(NoMemory(), 10**12, out, threading.Event())
+    assert isinstance(out.get_nowait(), MemoryError)

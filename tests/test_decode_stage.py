@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, tree_bytes
+from conftest import REPO, store_bytes, tree_bytes
 from pipeline import store
 from pipeline.decode import DecodeSpec, iter_frame_blocks
 from pipeline.tables import read_table
@@ -61,7 +61,7 @@ def test_decode_stage_writes_one_array_per_video(manifest, fixture_dir, tmp_path
 def test_same_inputs_and_params_give_identical_bytes(manifest, fixture_dir, tmp_path):
     run_decode(manifest, fixture_dir, tmp_path / "a")
     run_decode(manifest, fixture_dir, tmp_path / "b")
-    a, b = tree_bytes(tmp_path / "a" / "store.zarr"), tree_bytes(tmp_path / "b" / "store.zarr")
+    a, b = store_bytes(tmp_path / "a" / "store.zarr"), store_bytes(tmp_path / "b" / "store.zarr")
     assert len(a) == 2 * 5 + 2 and a == b  # zarr.json + one shard per video, and the groups' zarr.json
     for table in ("decoded.parquet", "failures.parquet"):  # equal rows (their metadata names the store path)
         assert read_table(tmp_path / "a" / "decode" / table).to_pylist() == read_table(tmp_path / "b" / "decode" / table).to_pylist()

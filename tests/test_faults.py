@@ -5,6 +5,7 @@ no lock behind. Each case here was found by a fault run against the code before 
 import errno
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, ffmpeg
 from pipeline import faults, locks
 from pipeline import store as stores
 from pipeline.tables import read_table
@@ -169,3 +170,54 @@ def test_training_and_flow_size_their_pools_to_the_cores_the_process_may_use():
     two_ranks = subprocess.run([sys.executable, "-c", "from pipeline.trainer import thread_budget; print(thread_budget(0))"],
                                cwd=REPO, capture_output=True, text=True, check=True, env={**os.environ, "LOCAL_WORLD_SIZE": "2"})  # fmt: skip
     assert int(two_ranks.stdout) == max(1, cores // 2)  # torchrun's ranks share the machine's cores
+
+
+@pytest.fixture(scope="module")
+def huge_frames(fixture_dir, tmp_path_factory):
+    """A videos root with a synthetic 8000x8000 video (192 MB a frame as RGB, 246 KB as FFV1) beside
+    an ordinary one, probed."""
+    root = tmp_path_factory.mktemp("huge")
+    videos = root / "videos"
+    videos.mkdir()
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=8000x8000:r=25", "-frames:v", "3", "-c:v", "ffv1", str(videos / "huge.mkv"))
+    shutil.copy(fixture_dir / "static_shot.mp4", videos / "static_shot.mp4")
+    probe_stage.run(ProbeParams(), videos, root / "manifest", scheduler="sync")
+    assert len(read_table(root / "manifest" / "videos.parquet")) == 2
+    return root
+
+
+def test_a_video_whose_frames_exceed_the_memory_budget_is_refused_before_it_is_decoded(huge_frames, tmp_path):
+    """Before: decode.short_side null on a huge video read 32-frame blocks of it whatever their size."""
+    summary = decode_stage.run(DecodeParams(short_side=None), huge_frames / "manifest", huge_frames / "videos", tmp_path / "store.zarr",
+                               tmp_path / "decode", scheduler="sync")  # fmt: skip
+    assert summary.counts["decoded"] == 1 and summary.counts["failed"] == 1
+    (row,) = read_table(tmp_path / "decode" / "failures.parquet").to_pylist()
+    assert row["relpath"] == "huge.mkv" and row["reason"] == "too_large"
+    assert row["detail"].startswith("a frame takes 183.1 MiB, and writing a shard of 256 frames needs about 94,300 MiB, more than "
+                                    "the 1,024 MiB a decode may use: set decode.short_side (e.g. 128), lower decode.shard_frames")
+
+
+UNDER_A_MEMORY_LIMIT = """
+import resource, sys
+from schemas.params import DecodeParams
+from stages import decode as stage
+size = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+limit = size + 2 * 2**30  # 2 GiB more than this process, its imports done, already maps
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+print(stage.run(DecodeParams(short_side=None, memory_mb=200_000), *sys.argv[1:], scheduler="sync").text())
+"""
+
+
+def test_a_reader_out_of_memory_fails_its_video_at_once_and_the_rest_decode(huge_frames, tmp_path):
+    """Before: under a memory limit the thread reading FFmpeg's output died of MemoryError (a block
+    of the huge video is 5 GB) and decode waited forever. Here decode.memory_mb says more than the
+    process may have, as on a machine with less memory than the params assume."""
+    command = [sys.executable, "-c", UNDER_A_MEMORY_LIMIT, str(huge_frames / "manifest"), str(huge_frames / "videos"),
+               str(tmp_path / "store.zarr"), str(tmp_path / "decode")]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "decoded 1" in done.stdout and "failed 1" in done.stdout
+    (row,) = read_table(tmp_path / "decode" / "failures.parquet").to_pylist()
+    assert row["relpath"] == "huge.mkv" and row["reason"] == "too_large"
+    assert "out of memory reading FFmpeg's output in blocks of" in row["detail"] and "lower it, or set decode.short_side" in row["detail"]
+    assert [r["relpath"] for r in read_table(tmp_path / "decode" / "decoded.parquet").to_pylist()] == ["static_shot.mp4"]

@@ -2,18 +2,25 @@
 sampler would read there), the rawframes tree with denseflow's 8-bit flow, and r3d_18 weights under
 mmaction2's ResNet3d names."""
 
+import os
+import shutil
+
 import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torchvision.models.video import r3d_18
 
+from conftest import tree_bytes
 from pipeline import interop, scan
 from pipeline.dataset import MSCLClips
 from pipeline.interop import dequantise_flow, export_mmaction, import_rawframes, quantise_flow, r3d_18_to_mmaction
 from pipeline.store import open_flow, open_frames
 from pipeline.tables import read_table
 from schemas.params import DatasetParams, DecodeParams, FlowParams, SampleParams
+from schemas.paths import UnsafeValueError
 from stages import sample as sample_stage
 
 
@@ -153,7 +160,7 @@ def test_import_quarantines_each_bad_folder_and_keeps_the_rest(demo_sampled, tmp
     (folders[0] / "flow_y_00003.jpg").unlink()  # flow_x and flow_y counts differ
     bad[folders[0].name] = ("bad_flow", "flow_x images but")
     (folders[1] / "img_00005.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # a corrupt JPEG
-    bad[folders[1].name] = ("bad_frames", "img_00005.jpg does not decode")
+    bad[folders[1].name] = ("bad_frames", "img_00005.jpg: does not decode")
     for path in folders[2].glob("flow_*.jpg"):  # flow images of another size than their frames
         cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), (64, 48)))
     bad[folders[2].name] = ("bad_flow", "flow images are 64x48, frames 170x128")
@@ -172,3 +179,127 @@ def test_import_quarantines_each_bad_folder_and_keeps_the_rest(demo_sampled, tmp
     small = open_flow(tmp_path / "store.zarr", "dis", row["video_id"])[:].astype(np.float32)
     full = np.clip(open_flow(demo_sampled / "store.zarr", "dis", row["relpath"])[:].astype(np.float32), -20, 20)
     assert small.shape[1:3] == (64, 85) and np.abs(small).mean() == pytest.approx(np.abs(full).mean() / 2, rel=0.2)
+
+
+def claiming(data: bytes, width: int, height: int) -> bytes:
+    """JPEG bytes whose frame header (SOF0) claims another size; the data stays as it was."""
+    patched = bytearray(data)
+    sof = patched.find(b"\xff\xc0")
+    patched[sof + 5 : sof + 7], patched[sof + 7 : sof + 9] = height.to_bytes(2, "big"), width.to_bytes(2, "big")
+    return bytes(patched)
+
+
+def test_hostile_images_and_names_cost_only_their_video_and_symlinks_follow_the_probes_rule(demo_sampled, tmp_path):
+    """Before: a 60000x60000 header ended the import with cv2.error and no tables; 12000x12000 headers
+    decoded as grey at 3.4 GB; a JPEG cut to a third imported without a row; flow_x and flow_y of
+    two sizes raised numpy's ValueError; a name that is not UTF-8 segfaulted cv2.imread; a 3 GB sparse
+    image ended it with MemoryError (the fingerprint read files whole); a symlinked folder was
+    skipped without a word."""
+    tree = exported_tree(demo_sampled, tmp_path / "export")
+    folders = sorted(p for p in tree.iterdir())
+    bad = {}
+    first = folders[0] / "img_00001.jpg"
+    first.write_bytes(claiming(first.read_bytes(), 60000, 60000))
+    bad[folders[0].name] = ("too_large", "img_00001.jpg: its header says 3600.0 MP")
+    for index in (1, 2, 3):
+        image = folders[1] / f"img_{index:05d}.jpg"
+        image.write_bytes(claiming(image.read_bytes(), 12000, 12000)[:1600])
+    bad[folders[1].name] = ("too_large", "img_00001.jpg: its header says 12000x12000 (144.0 MP), more than the 44.7 MP")
+    cut = folders[2] / "img_00003.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 3])
+    bad[folders[2].name] = ("bad_frames", "img_00003.jpg: does not decode as an image (image file is truncated")
+    flow_y = folders[3] / "flow_y_00002.jpg"
+    cv2.imwrite(str(flow_y), cv2.resize(cv2.imread(str(flow_y), cv2.IMREAD_GRAYSCALE), (40, 30)))
+    bad[folders[3].name] = ("bad_flow", "flow images are 40x30, frames 170x128 (flow_y_00002.jpg)")
+    sparse = folders[4] / "img_00002.jpg"
+    sparse.unlink()
+    with open(sparse, "wb") as handle:
+        handle.truncate(3 * 2**30)
+    bad[folders[4].name] = ("too_large", "img_00002.jpg: a file of 3,072 MiB, more than an image this import reads may take (172 MiB")
+    os.rename(folders[5], os.path.join(os.fsencode(tree), b"caf\xe9"))
+    bad["caf\\xe9"] = ("bad_name", "the folder's name is not valid UTF-8")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.move(folders[6], outside / folders[6].name)
+    os.symlink(outside / folders[6].name, folders[6])  # a video folder that is a symlink out of the root
+    linked = folders[7] / "img_00004.jpg"
+    shutil.move(linked, outside / "img_00004.jpg")
+    os.symlink(outside / "img_00004.jpg", linked)  # one image that is a symlink
+    run = lambda follow: import_rawframes(tree, tmp_path / f"store{follow}.zarr", tmp_path / f"decode{follow}", tmp_path / f"flow{follow}",  # noqa: E731
+                                          DecodeParams(), FlowParams(method="dis"), bound=20.0, fps=25.0, follow_symlinks=follow,
+                                          scheduler="sync")  # fmt: skip
+    summary = run(False)
+    failures = {row["relpath"]: row for row in read_table(tmp_path / "decodeFalse" / "failures.parquet").to_pylist()}
+    bad[folders[7].name] = ("bad_frames", "with gaps (missing [4])")  # its symlinked image is not read
+    assert set(failures) == set(bad)
+    for name, (reason, detail) in bad.items():
+        assert failures[name]["reason"] == reason and detail in failures[name]["detail"], failures[name]
+    decoded = {row["relpath"] for row in read_table(tmp_path / "decodeFalse" / "decoded.parquet").to_pylist()}
+    assert decoded == {p.name for p in folders[8:]} and summary.counts["failed"] == len(bad)
+    assert f"skipped {folders[6].name}: a symlink, not followed (probe.follow_symlinks: false)" in summary.notes
+    assert f"skipped {folders[7].name}/img_00004.jpg: a symlink, not followed (probe.follow_symlinks: false)" in summary.notes
+    # Following symlinks (the probe's default), both linked videos are imported; the rest as before.
+    followed = run(True)
+    decoded = {row["relpath"] for row in read_table(tmp_path / "decodeTrue" / "decoded.parquet").to_pylist()}
+    assert decoded == {p.name for p in folders[6:]} and followed.counts["failed"] == len(bad) - 1
+
+
+def export(demo_sampled, out, labels=None, **options):
+    return export_mmaction(demo_sampled / "sample", demo_sampled / "decode", labels, 1, demo_sampled / "store.zarr", out, **options)
+
+
+def test_export_refuses_a_folder_it_did_not_write_and_never_deletes_what_it_did_not_write(demo_sampled, tmp_path):
+    """Before: export overwrote a user's classes.txt and clips.txt, deleted rawframes/<id>/my_annotation.json
+    and <id>.partial/important.txt, and a symlinked rawframes/<id> ended it with NotADirectoryError."""
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "classes.txt").write_text("my classes\n")
+    before = tree_bytes(users)
+    with pytest.raises(interop.ExportRefused, match=r"mine: is not empty and export-mmaction did not write it"):
+        export(demo_sampled, users)
+    assert tree_bytes(users) == before
+    out = tmp_path / "out"
+    export(demo_sampled, out, rawframes=True)
+    video = sorted(p.name for p in (out / "rawframes").iterdir())[0]
+    (out / "rawframes" / video / "my_annotation.json").write_text("{}")
+    (out / "rawframes" / f"{video}.partial").mkdir()
+    (out / "rawframes" / f"{video}.partial" / "important.txt").write_text("keep me")
+    with pytest.raises(interop.ExportRefused, match=rf"{video}/my_annotation.json: export-mmaction did not write it"):
+        export(demo_sampled, out, rawframes=True)
+    assert (out / "rawframes" / video / "my_annotation.json").read_text() == "{}"
+    (out / "rawframes" / video / "my_annotation.json").unlink()
+    export(demo_sampled, out, rawframes=True)  # its own folder, its own files: replaced
+    assert (out / "rawframes" / f"{video}.partial" / "important.txt").read_text() == "keep me"
+    shutil.rmtree(out / "rawframes" / video)
+    os.symlink(tmp_path, out / "rawframes" / video)
+    with pytest.raises(interop.ExportRefused, match=rf"rawframes/{video}: is a symlink or a file"):
+        export(demo_sampled, out, rawframes=True)
+    assert (tmp_path / "mine" / "classes.txt").read_text() == "my classes\n"  # nothing followed through the link
+
+
+def test_a_later_export_leaves_no_list_of_an_earlier_one_beside_its_own(demo_sampled, tmp_path):
+    """Before: train.txt and test.txt of a split export stayed beside the next export's clips.txt."""
+    labels = read_table(demo_sampled / "demo" / "labels.parquet").to_pylist()
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    classes = sorted({row["label"] for row in labels})
+    (lists / "classInd.txt").write_text("".join(f"{i} {name}\n" for i, name in enumerate(classes, 1)))
+    (lists / "trainlist01.txt").write_text("".join(f"{r['relpath']} {classes.index(r['label']) + 1}\n" for r in labels[::2]))
+    (lists / "testlist01.txt").write_text("".join(f"{r['relpath']}\n" for r in labels[1::2]))
+    out = tmp_path / "out"
+    export(demo_sampled, out, lists)
+    assert {p.name for p in out.iterdir()} == {"classes.txt", "train.txt", "test.txt", interop.EXPORT_MARKER}
+    export(demo_sampled, out)
+    assert {p.name for p in out.iterdir()} == {"classes.txt", "clips.txt", interop.EXPORT_MARKER}
+
+
+def test_a_label_that_is_not_one_line_is_refused_where_it_is_read(demo_sampled, tmp_path):
+    """Before: 'aaa\\nbbb' split classes.txt into three lines for two classes, and another video's
+    line then named the wrong class."""
+    rows = read_table(demo_sampled / "demo" / "labels.parquet").to_pylist()
+    rows[3]["label"] = "aaa\nbbb"
+    labels = tmp_path / "labels.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), labels)
+    with pytest.raises(UnsafeValueError, match=r"labels.parquet, row 3: label 'aaa\\nbbb' holds a line break"):
+        export(demo_sampled, tmp_path / "out", labels)
+    assert not (tmp_path / "out").exists()

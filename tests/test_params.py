@@ -58,7 +58,8 @@ def test_unknown_key_is_named_with_the_allowed_keys(tmp_path):
         load_params(write(tmp_path, {"decode": {"shortside": 112}}))
     message = str(err.value)
     assert "decode.shortside = 112: unknown key" in message
-    assert "allowed keys: chunk_frames, codec, fps, frame_stride, max_frames, quality, shard_frames, short_side, timeout_s" in message
+    assert ("allowed keys: chunk_frames, codec, fps, frame_stride, max_frames, memory_mb, quality, shard_frames, short_side, "
+            "timeout_s") in message
 
 
 def test_unknown_section_is_named(tmp_path):

@@ -1,6 +1,8 @@
 """pipeline/probe.py and the probe stage: FFmpeg output parsing, the fixture's manifest, bad inputs."""
 
 import hashlib
+import os
+import shutil
 from fractions import Fraction
 
 import pytest
@@ -187,3 +189,15 @@ def test_rerun_reuses_unchanged_rows_and_probes_changed_files(fixture_dir, tmp_p
     assert rows["global_pan.avi"]["num_frames"] == 48
     fourth = probe_stage.run(ProbeParams(min_frames=3), videos, out, scheduler="sync")
     assert fourth.counts["reused from the last run"] == 0  # other params: probe everything again
+
+
+def test_a_name_that_is_not_utf8_costs_only_its_video(fixture_dir, tmp_path):
+    """Before: the manifest could not be written (pyarrow's UnicodeEncodeError), so no video was probed."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(fixture_dir / "static_shot.mp4", videos / "static_shot.mp4")
+    os.link(videos / "static_shot.mp4", os.path.join(os.fsencode(videos), b"caf\xe9.mp4"))
+    summary = probe_stage.run(ProbeParams(), videos, tmp_path / "manifest", scheduler="sync")
+    assert summary.counts["usable"] == 1 and summary.counts["failed"] == 1
+    (row,) = read_table(tmp_path / "manifest" / "failures.parquet").to_pylist()
+    assert row["relpath"] == "caf\\xe9.mp4" and row["reason"] == "bad_name" and "rename it" in row["detail"]

@@ -1,0 +1,231 @@
+"""The store owns only what it wrote: where a store may be, its identity, and the arrays it wrote.
+
+A stage that writes the store (decode, extract-flow, import-rawframes) enters `owning` first:
+
+1. `check_location`: the store is not the file system's root, nor one of the folders it is given to
+   protect (the project's folder, the current folder, the videos root) or a folder holding one.
+   Nothing is written anywhere before this passes.
+2. `examine`: a folder that exists must be this pipeline's store: its root group's attributes carry
+   the marker written when the store was created (`schemas.store.STORE_MARKER`: layout version and a
+   random id). A folder without it is refused, naming the path and the fix, unless it is a store
+   written before the marker existed: only this pipeline's entries (`frames/`, `flow/`, `zarr.json`)
+   and arrays that the project's own tables (or the groups' listings) name. That store is adopted.
+3. The store's lock is taken (pipeline/locks.py), and only then is the marker written.
+
+Each group lists the arrays this store wrote in it (`schemas.store.OWNED_ATTR`, a group attribute,
+so it travels with the group and DVC sees it as part of the output). Every array a run may publish
+is listed before its work starts, so a killed run's arrays are listed too. Removing a stale array
+(a video no longer wanted) is limited to the listed ones: any other array is reported, never deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+from pipeline import durable, locks
+from pipeline import store as stores
+from schemas import store as layout
+from schemas.errors import UserError
+
+# What this pipeline itself puts at a store's root (and temporary files of those).
+OWN_ENTRIES = frozenset({"zarr.json", layout.FRAMES_GROUP, layout.FLOW_GROUP, layout.LEGACY_PARTIAL_DIR})
+FIX = "point data.store (or --store) at a new folder, or at a store this pipeline made"
+VIDEOS_ROOT = "the videos root"
+
+
+class StoreRefused(UserError, ValueError):
+    """A store path a stage will not write: the message names it, why, and the fix."""
+
+
+def check_location(store: str | Path, protected: Mapping[str, str | Path]) -> Path:
+    """The store's absolute path, or StoreRefused if it is a URL, the file system's root, or a
+    `protected` folder ({what it is: path}) or one holding it. Reads nothing but paths; writes nothing."""
+    if stores.is_url(store):
+        raise StoreRefused(f"{store}: the data stages write the store to a local folder, not a URL; {FIX}")
+    path = Path(store).absolute()
+    real = Path(os.path.realpath(path))
+    if real == real.parent:
+        raise StoreRefused(f"{store}: is the file system's root; {FIX}")
+    for what, folder in protected.items():
+        folder = Path(os.path.realpath(Path(folder).absolute()))
+        if real == folder:
+            raise StoreRefused(f"{store}: is {what}; {FIX}")
+        if real in folder.parents:
+            raise StoreRefused(f"{store}: holds {what} ({folder}); {FIX}")
+    return path
+
+
+def marker(store: str | Path) -> dict | None:
+    """The store's identity from its root group's attributes, or None."""
+    value = _attributes(Path(store) / "zarr.json").get(layout.STORE_MARKER)
+    return value if isinstance(value, dict) and "id" in value else None
+
+
+def examine(store: str | Path, listed: Iterable[str] = ()) -> str:
+    """What the folder `store` is: "new" (absent or empty), "ours" (it carries the marker) or
+    "legacy" (a store from before the marker, to adopt); StoreRefused otherwise, naming what makes it
+    not this pipeline's. `listed`: arrays ("frames/<id>", "flow/<method>/<id>") the project's own
+    tables name. Writes nothing."""
+    path = Path(store)
+    if not path.exists() and not path.is_symlink():
+        return "new"
+    if not path.is_dir():
+        raise StoreRefused(f"{store}: exists and is not a folder; {FIX}")
+    if (found := marker(path)) is not None:
+        if not isinstance(found.get("layout"), int) or found["layout"] > layout.STORE_VERSION:
+            raise StoreRefused(f"{store}: a store of layout {found.get('layout')!r}, newer than this pipeline's "
+                               f"({layout.STORE_VERSION}); update the project, or {FIX}")  # fmt: skip
+        return "ours"
+    entries = sorted(name for name in os.listdir(path) if not _temporary(name))
+    if not entries:
+        return "new"
+    foreign = [name for name in entries if name not in OWN_ENTRIES]
+    if foreign:
+        raise StoreRefused(f"{store}: is not this pipeline's store (no {layout.STORE_MARKER} marker, and it holds {_some(foreign)}, "
+                           f"which the pipeline does not write); nothing was written to it; {FIX}")  # fmt: skip
+    arrays = set(_arrays(path))
+    if not any(_is_group(path / name) for name in entries if name != "zarr.json") and not _is_group(path):
+        raise StoreRefused(f"{store}: is not a Zarr store (no group metadata) and has no {layout.STORE_MARKER} marker; "
+                           f"nothing was written to it; {FIX}")  # fmt: skip
+    vouched = set(listed) | {f"{group}/{name}" for group, names in _group_listings(path).items() for name in names}
+    if arrays and not arrays & vouched:
+        raise StoreRefused(f"{store}: holds arrays that no table of this project lists ({_some(sorted(arrays))}), and no "
+                           f"{layout.STORE_MARKER} marker: not this project's store; nothing was written to it; {FIX}")  # fmt: skip
+    return "legacy"
+
+
+@dataclass
+class Owner:
+    """A store this run may write, with the arrays it owns per group."""
+
+    store: Path
+    listed: frozenset[str] = frozenset()  # arrays the project's tables name, for groups with no listing yet
+    notes: list[str] = field(default_factory=list)  # for the stage's summary
+
+    def prepare_group(self, group: str, wanted: set[str]) -> int:
+        """Before a stage writes `group`: create it, drop leftovers of killed runs, list `wanted`
+        as this store's (before any is written), and remove the store's own arrays of videos no
+        longer wanted. An unwanted array the store did not write is left in place and noted.
+        Returns how many arrays were removed."""
+        stores.ensure_group(self.store, group)
+        stores.clear_partial(self.store, group)
+        present = set(stores.finished_arrays(self.store, group))
+        owned = _group_listings(self.store, group).get(group)
+        if owned is None:  # a group written before listings: what the project's tables name
+            owned = {name.rpartition("/")[2] for name in self.listed if name.rpartition("/")[0] == group}
+        stale = present - wanted
+        removed, foreign = sorted(stale & owned), sorted(stale - owned)
+        for name in removed:
+            stores.remove_array(self.store, group, name)
+        # Written before any work starts: a run killed later has listed every array it publishes.
+        _write_listing(self.store, group, ((owned & present) - set(removed)) | wanted)
+        if foreign:
+            self.notes.append(f"left in place, not written by this store: {_some([f'{group}/{name}' for name in foreign])}; "
+                              f"delete them yourself if they are not needed")  # fmt: skip
+        return len(removed)
+
+
+@contextlib.contextmanager
+def owning(store: str | Path, stage: str, *, protected: Mapping[str, str | Path], listed: Iterable[str] = ()) -> Iterator[Owner]:
+    """Hold `store` for `stage` as its writer: check where it is and what it is (nothing is written
+    to a refused path, not even a lock beside it), take its lock, then create the store or adopt a
+    store from before the marker. Raises StoreRefused or locks.LockedError."""
+    path = check_location(store, protected)
+    listed = frozenset(listed)
+    examine(path, listed)
+    with locks.hold(path, stage):
+        state = examine(path, listed)  # again, under the lock: another run may have made it meanwhile
+        if state != "ours":
+            _write_marker(path)
+        owner = Owner(path, listed)
+        if state == "legacy":
+            owner.notes.append(f"adopted {store}, a store written before stores carried a marker (its tables list its arrays)")
+        yield owner
+
+
+def _write_marker(store: Path) -> None:
+    """Make `store` (absent, empty, or a store from before the marker) this pipeline's: the root
+    group's metadata with the marker, written atomically, keeping any attributes it had."""
+    store.mkdir(parents=True, exist_ok=True)
+    meta = _read_json(store / "zarr.json")
+    if meta is None or meta.get("node_type") != "group":
+        meta = {"zarr_format": 3, "node_type": "group"}
+    meta["attributes"] = _attributes(store / "zarr.json")
+    meta["attributes"][layout.STORE_MARKER] = {
+        "layout": layout.STORE_VERSION, "id": uuid.uuid4().hex,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    durable.atomic_write_bytes(store / "zarr.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+
+
+def _write_listing(store: Path, group: str, names: Iterable[str]) -> None:
+    """Set the group's listing of the arrays this store wrote (its metadata rewritten atomically,
+    only when the listing changes)."""
+    path = store / group / "zarr.json"
+    meta = _read_json(path)
+    if meta is None:
+        raise StoreRefused(f"{path}: the group's metadata does not read; {FIX}")
+    attributes = meta["attributes"] = _attributes(path)
+    if attributes.get(layout.OWNED_ATTR) == sorted(names):
+        return
+    attributes[layout.OWNED_ATTR] = sorted(names)
+    durable.atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+
+
+def _group_listings(store: Path, only: str | None = None) -> dict[str, set[str]]:
+    """{group: names} of the groups (frames, flow/<method>) that list the arrays the store wrote."""
+    groups = [only] if only else [layout.FRAMES_GROUP, *(f"{layout.FLOW_GROUP}/{p.name}" for p in _subfolders(store / layout.FLOW_GROUP))]
+    out = {}
+    for group in groups:
+        names = _attributes(store / group / "zarr.json").get(layout.OWNED_ATTR)
+        if isinstance(names, list):
+            out[group] = {name for name in names if isinstance(name, str)}
+    return out
+
+
+def _arrays(store: Path) -> Iterator[str]:
+    """"group/name" of every finished array in the store's groups."""
+    yield from (f"{layout.FRAMES_GROUP}/{name}" for name in stores.finished_arrays(store, layout.FRAMES_GROUP))
+    for method in _subfolders(store / layout.FLOW_GROUP):
+        group = f"{layout.FLOW_GROUP}/{method.name}"
+        yield from (f"{group}/{name}" for name in stores.finished_arrays(store, group))
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def _is_group(folder: Path) -> bool:
+    return ((_read_json(folder / "zarr.json") or {}).get("node_type")) == "group"
+
+
+def _some(names: list[str]) -> str:
+    """The first few of `names` for a message, and how many there are."""
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"{len(names)}: {shown}" if len(names) > 1 else shown
+
+
+def _attributes(path: Path) -> dict:
+    """The attributes of the zarr metadata at `path`; {} where it does not read or has none."""
+    attributes = (_read_json(path) or {}).get("attributes")
+    return attributes if isinstance(attributes, dict) else {}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _temporary(name: str) -> bool:
+    """What an interrupted write of this pipeline's (or zarr's) may leave at a store's root."""
+    return (name.startswith(".") and name.endswith(durable.TMP_SUFFIX)) or (name.startswith("zarr.") and name.endswith(".partial"))
