@@ -97,7 +97,8 @@ def examine(store: str | Path, listed: Iterable[str] = ()) -> str:
     vouched = set(listed) | {f"{group}/{name}" for group, names in _group_listings(path).items() for name in names}
     if arrays and not arrays & vouched:
         raise StoreRefused(f"{store}: holds arrays that no table of this project lists ({_some(sorted(arrays))}), and no "
-                           f"{layout.STORE_MARKER} marker: not this project's store; nothing was written to it; {FIX}")  # fmt: skip
+                           f"{layout.STORE_MARKER} marker: not this project's store (or one from before stores carried a marker, "
+                           f"whose tables are gone: then delete it and run again); nothing was written to it; {FIX}")  # fmt: skip
     return "legacy"
 
 

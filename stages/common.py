@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from pipeline.ownership import VIDEOS_ROOT
-
 from schemas import tables
 from schemas.params import DecodeParams
 

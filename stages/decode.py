@@ -124,13 +124,14 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
             height=spec.height, width=spec.width, chunk_frames=item.params.chunk_frames,
             shard_frames=item.params.shard_frames, attrs=attrs, codec=item.params.codec, quality=item.params.quality,
         )  # fmt: skip
-    except (DecodeError, MemoryError) as exc:
+    except DecodeError as exc:
         # Name the file by its relative path: the table must not depend on where the videos live.
         detail = str(exc).replace(f"file:{item.path}", row["relpath"]).replace(item.path, row["relpath"])
-        if isinstance(exc, MemoryError):
-            detail = f"out of memory writing its frames ({spec.width}x{spec.height}): lower decode.memory_mb or set decode.short_side"
-        reason = "too_large" if isinstance(exc, (TooLarge, MemoryError)) else "decode_error"
+        reason = "too_large" if isinstance(exc, TooLarge) else "decode_error"
         return "failed", failure(STAGE, row["video_id"], row["relpath"], reason, detail)
+    except MemoryError:  # writing: the machine has less than decode.memory_mb says
+        return "failed", failure(STAGE, row["video_id"], row["relpath"], "too_large", f"out of memory writing its frames "
+                                 f"({spec.width}x{spec.height}): lower decode.memory_mb or set decode.short_side")  # fmt: skip
     except OSError as exc:
         if faults.is_environment(exc, (item.store,)):  # the store's disk, not the video: stop the stage
             raise faults.fault(exc, row["relpath"], item.store, needed=item.expected_frames * spec.height * spec.width * 3) from None

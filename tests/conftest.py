@@ -21,6 +21,28 @@ FIXTURE_VIDEOS = sorted(p.name for p in FIXTURES.iterdir() if p.suffix in (".mp4
 REPO = Path(__file__).parent.parent
 
 
+NOT_OUTPUTS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}  # tools' own caches
+
+
+def project_files() -> set[str]:
+    """Every file and folder in the project's checkout but the tools' caches, and what lies beside it."""
+    found = {f"../{name}" for name in os.listdir(REPO.parent)}
+    for folder, subfolders, files in os.walk(REPO):
+        subfolders[:] = [name for name in subfolders if name not in NOT_OUTPUTS and not name.endswith(".egg-info")]
+        found.update(os.path.relpath(os.path.join(folder, name), REPO) for name in subfolders + files)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_outside_the_tests_folders():
+    """No test writes into the project or beside it (a store refused there, say, must leave no lock
+    and no zarr.json): everything a test makes lives under its temporary folders."""
+    before = project_files()
+    yield
+    after = project_files()
+    assert after == before, f"written by the tests into the project: {sorted(after - before)[:10]}, removed: {sorted(before - after)[:10]}"
+
+
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     assert len(FIXTURE_VIDEOS) == 5, FIXTURE_VIDEOS

@@ -101,14 +101,19 @@ def test_export_lists_selected_clips_where_a_rawframe_sampler_reads_them(demo_sa
     assert not list((out / "rawframes").glob("*.partial"))
 
 
-def test_export_with_an_official_split_writes_train_and_test_lists(demo_sampled, tmp_path):
+def ucf101_lists(demo_sampled, lists):
+    """UCF101's split lists (classInd.txt, trainlist01.txt, testlist01.txt) for the demo's videos."""
     labels = read_table(demo_sampled / "demo" / "labels.parquet").to_pylist()
-    lists = tmp_path / "lists"
     lists.mkdir()
     classes = sorted({row["label"] for row in labels})
     (lists / "classInd.txt").write_text("".join(f"{i} {name}\n" for i, name in enumerate(classes, 1)))
     (lists / "trainlist01.txt").write_text("".join(f"{r['relpath']} {classes.index(r['label']) + 1}\n" for r in labels[::2]))
     (lists / "testlist01.txt").write_text("".join(f"{r['relpath']}\n" for r in labels[1::2]))
+    return lists
+
+
+def test_export_with_an_official_split_writes_train_and_test_lists(demo_sampled, tmp_path):
+    lists = ucf101_lists(demo_sampled, tmp_path / "lists")
     export_mmaction(demo_sampled / "sample", demo_sampled / "decode", lists, 1, demo_sampled / "store.zarr", tmp_path / "out")
     train = (tmp_path / "out" / "train.txt").read_text().splitlines()
     test = (tmp_path / "out" / "test.txt").read_text().splitlines()
@@ -279,13 +284,7 @@ def test_export_refuses_a_folder_it_did_not_write_and_never_deletes_what_it_did_
 
 def test_a_later_export_leaves_no_list_of_an_earlier_one_beside_its_own(demo_sampled, tmp_path):
     """Before: train.txt and test.txt of a split export stayed beside the next export's clips.txt."""
-    labels = read_table(demo_sampled / "demo" / "labels.parquet").to_pylist()
-    lists = tmp_path / "lists"
-    lists.mkdir()
-    classes = sorted({row["label"] for row in labels})
-    (lists / "classInd.txt").write_text("".join(f"{i} {name}\n" for i, name in enumerate(classes, 1)))
-    (lists / "trainlist01.txt").write_text("".join(f"{r['relpath']} {classes.index(r['label']) + 1}\n" for r in labels[::2]))
-    (lists / "testlist01.txt").write_text("".join(f"{r['relpath']}\n" for r in labels[1::2]))
+    lists = ucf101_lists(demo_sampled, tmp_path / "lists")
     out = tmp_path / "out"
     export(demo_sampled, out, lists)
     assert {p.name for p in out.iterdir()} == {"classes.txt", "train.txt", "test.txt", interop.EXPORT_MARKER}
