@@ -23,7 +23,7 @@ SchedulerOpt = typer.Option(
 )
 WorkersOpt = typer.Option(None, "--workers", min=1, help="worker processes of the local cluster (default: one per core)")
 VerifyOpt = typer.Option(False, "--verify", help="read every chunk of each finished array before skipping it, and rewrite "
-                         "a damaged one (without it: metadata and shard files are checked)")
+                         "a damaged one (without it: metadata, shard files and their indexes are checked)")
 
 
 class _TqdmHandler(logging.Handler):
