@@ -209,8 +209,8 @@ def show_flow(
     frames: int = typer.Option(6, min=1, help="how many frames the PNG strip shows, evenly spaced"),
 ) -> None:
     """Draw frames and their flow (Middlebury colour wheel) side by side, as a PNG strip or a video."""
-    from pipeline import flowviz
-    from pipeline.store import open_flow, open_frames
+    from pipeline.flow.estimators import colour as flowviz
+    from pipeline.storage.store import open_flow, open_frames
 
     params = _setup(params_file)
     store_path = store or Path(params.data.store)
@@ -316,7 +316,7 @@ def doctor() -> None:
     """Report the FFmpeg binary and library versions the pipeline will use."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from pipeline.ffmpeg import FFmpegNotFound, ffmpeg_binary, has_encoder
+    from pipeline.io.ffmpeg_binary import FFmpegNotFound, ffmpeg_binary, has_encoder
     from pipeline.parallel import default_workers
 
     ok = True
@@ -352,7 +352,7 @@ def main() -> None:
     store, a store in use, a full disk, a damaged array, a bad split list, too little data, ...)
     printed as one line, `error: <what, where, and the fix>`, and exit status 1; a traceback only
     for a bug."""
-    from pipeline.faults import describe, is_environment
+    from pipeline.storage.faults import describe, is_environment
     from schemas.errors import UserError
 
     try:

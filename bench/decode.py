@@ -30,9 +30,9 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import synth  # noqa: E402
-from pipeline.decode import output_size  # noqa: E402
-from pipeline.encode import encode_video  # noqa: E402
+from pipeline.data import synth  # noqa: E402
+from pipeline.io.decode import output_size  # noqa: E402
+from pipeline.io.encode import encode_video  # noqa: E402
 from pipeline.parallel import dask_client, default_workers  # noqa: E402
 from schemas.params import DecodeParams, ProbeParams  # noqa: E402
 from stages import decode as decode_stage  # noqa: E402

@@ -28,10 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import store, synth  # noqa: E402
-from pipeline.encode import encode_video  # noqa: E402
+from pipeline.data import synth  # noqa: E402
+from pipeline.io.encode import encode_video  # noqa: E402
 from pipeline.parallel import default_workers  # noqa: E402
-from pipeline.tables import read_table  # noqa: E402
+from pipeline.storage import store  # noqa: E402
+from pipeline.storage.tables import read_table  # noqa: E402
 from schemas.params import DecodeParams, FlowParams, ProbeParams  # noqa: E402
 from stages import decode as decode_stage  # noqa: E402
 from stages import flow as flow_stage  # noqa: E402

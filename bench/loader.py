@@ -38,12 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import synth  # noqa: E402
-from pipeline.augment import ViewAugment  # noqa: E402
-from pipeline.dataset import ClipLoader, MSCLClips, to_device  # noqa: E402
-from pipeline.encode import encode_video  # noqa: E402
-from pipeline.ffmpeg import ffmpeg_exe, input_path  # noqa: E402
-from pipeline.tables import read_table  # noqa: E402
+from pipeline.data import synth  # noqa: E402
+from pipeline.data.augment import ViewAugment  # noqa: E402
+from pipeline.data.dataset import ClipLoader, MSCLClips, to_device  # noqa: E402
+from pipeline.io.encode import encode_video  # noqa: E402
+from pipeline.io.ffmpeg_binary import ffmpeg_exe, input_path  # noqa: E402
+from pipeline.storage.tables import read_table  # noqa: E402
 from schemas.params import DatasetParams, DecodeParams, FlowParams, ProbeParams, SampleParams  # noqa: E402
 from stages import decode as decode_stage  # noqa: E402
 from stages import flow as flow_stage  # noqa: E402

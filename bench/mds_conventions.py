@@ -20,11 +20,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import store  # noqa: E402
-from pipeline.tables import read_table  # noqa: E402
+from pipeline.sampling.mds import frame_scores  # noqa: E402
+from pipeline.storage import store  # noqa: E402
+from pipeline.storage.tables import read_table  # noqa: E402
 from schemas.params import SampleParams  # noqa: E402
 from stages.sample import index_rows  # noqa: E402
-from pipeline.mds import frame_scores  # noqa: E402
 
 
 def ranks(values: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.tables import table_metadata  # noqa: E402
+from pipeline.storage.tables import table_metadata  # noqa: E402
 from schemas.params import Params, validate  # noqa: E402
 from stages import decode as decode_stage  # noqa: E402
 from stages import evaluate as evaluate_stage  # noqa: E402

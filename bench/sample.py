@@ -23,9 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import store, synth  # noqa: E402
-from pipeline.encode import encode_video  # noqa: E402
-from pipeline.tables import read_table  # noqa: E402
+from pipeline.data import synth  # noqa: E402
+from pipeline.io.encode import encode_video  # noqa: E402
+from pipeline.storage import store  # noqa: E402
+from pipeline.storage.tables import read_table  # noqa: E402
 from schemas.params import DecodeParams, FlowParams, ProbeParams, SampleParams  # noqa: E402
 from stages import decode as decode_stage  # noqa: E402
 from stages import flow as flow_stage  # noqa: E402
@@ -73,7 +74,7 @@ def main() -> None:
     for flow in flows:
         reference_scores(flow)
     plain = pairs / (time.perf_counter() - start)
-    from pipeline.mds import frame_scores
+    from pipeline.sampling.mds import frame_scores
 
     start = time.perf_counter()
     for flow in flows:

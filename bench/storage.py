@@ -47,10 +47,14 @@ from zarr.codecs import Crc32cCodec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.flow import epe, make_inputs  # noqa: E402
-from pipeline import augment, codecs, store  # noqa: E402
-from pipeline.dataset import ClipLoader, MSCLClips  # noqa: E402
+from pipeline.data import augment  # noqa: E402
+from pipeline.data.dataset import ClipLoader, MSCLClips  # noqa: E402
 from pipeline.parallel import default_workers  # noqa: E402
-from pipeline.tables import read_table  # noqa: E402
+from pipeline.storage import (
+    codecs,  # noqa: E402
+    store,  # noqa: E402
+)
+from pipeline.storage.tables import read_table  # noqa: E402
 from schemas import store as layout  # noqa: E402
 from schemas.params import DatasetParams, DecodeParams, FlowParams, ProbeParams, SampleParams  # noqa: E402
 from stages import decode as decode_stage  # noqa: E402

@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.dataset import to_device  # noqa: E402
-from pipeline.mscl import MSCL  # noqa: E402
+from pipeline.data.dataset import to_device  # noqa: E402
+from pipeline.models.mscl import MSCL  # noqa: E402
 from schemas.params import load_params  # noqa: E402
 
 

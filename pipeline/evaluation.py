@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from pipeline.augment import view_flow
-from pipeline.dataset import normalise_rgb
-
+from pipeline.data.augment import view_flow
+from pipeline.data.dataset import normalise_rgb
 
 UCF101_CLIP = re.compile(r"^v_(?P<action>[A-Za-z0-9]+)_g(?P<group>\d+)_c\d+$", re.IGNORECASE)
 

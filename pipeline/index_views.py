@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.tables import table_metadata
+from pipeline.storage.tables import table_metadata
 from schemas.errors import MissingInputError
 
 

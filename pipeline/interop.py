@@ -39,19 +39,28 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline import codecs, durable, images, ownership, scan
-from pipeline import store as stores
-from pipeline.decode import output_size
-from pipeline.flowstats import flow_stats, stats_rows
+from pipeline.data.splits import match_videos, read_labels
+from pipeline.flow.stats import flow_stats, stats_rows
+from pipeline.io import images, scan
+from pipeline.io.decode import output_size
 from pipeline.parallel import map_progress
-from pipeline.splits import match_videos, read_labels
-from pipeline.tables import FileSet, read_table, sweep, write_table
+from pipeline.storage import codecs, durable, ownership
+from pipeline.storage import store as stores
+from pipeline.storage.tables import FileSet, read_table, sweep, write_table
 from schemas import paths
 from schemas import store as layout
 from schemas.errors import MissingInputError, UserError
 from schemas.params import DecodeParams, FlowParams
 from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
-from stages.common import Summary, failure, fingerprint, frames_fingerprint, listed_arrays, log_failure, protected_folders
+from stages.common import (
+    Summary,
+    failure,
+    fingerprint,
+    frames_fingerprint,
+    listed_arrays,
+    log_failure,
+    protected_folders,
+)
 
 TORCHVISION_TO_MMACTION = (  # (torchvision r3d_18 prefix, mmaction2 ResNet3d prefix): a Conv3d then its BatchNorm3d
     (re.compile(r"^stem\.0\."), "conv1.conv."),
@@ -163,7 +172,7 @@ def export_mmaction(sample_dir: str | Path, decode_dir: str | Path, labels_path:
     export wrote before; returns counts for the summary.
 
     Additive or refused: a folder it did not write is refused before anything is written; its
-    lists, classes and record of what it wrote are replaced as one set (pipeline/durable.py), and
+    lists, classes and record of what it wrote are replaced as one set (pipeline/storage/durable.py), and
     lists of an earlier export that this one does not write (train.txt beside a new clips.txt) go in
     the same commit; a video's rawframes folder is replaced only if it holds nothing but export's
     images. Rawframes folders of an earlier export that this one does not write are deleted (after
@@ -526,7 +535,7 @@ def import_rawframes(root: str | Path, store: str | Path, decode_out: str | Path
     stage's tables (and, with flow images and a `bound`, the flow stage's), so `sample`, `train`
     and `evaluate` run on it unchanged. A folder that cannot be imported goes to failures.parquet
     with its reason; the rest go through. A re-run skips arrays whose fingerprint is unchanged and
-    that are not damaged. The store must be this pipeline's, or a new folder (pipeline/ownership.py)."""
+    that are not damaged. The store must be this pipeline's, or a new folder (pipeline/storage/ownership.py)."""
     listed = listed_arrays(Path(decode_out) / "decoded.parquet", Path(flow_out) / "videos.parquet")
     with ownership.owning(store, "import-rawframes", protected=protected_folders(root), listed=listed) as owner:
         summary = Summary("import")

@@ -8,7 +8,7 @@ rank's random state (torch's CPU and CUDA generators and the model's shuffled-BN
 dataset's position and the config; they load with `torch.load(..., weights_only=True)`. On CUDA,
 cuDNN is set to deterministic algorithms, so a resumed run repeats the steps it would have taken.
 A finished run leaves these four files, replaced together with its checkpoint's removal (one commit,
-pipeline/durable.py: a run killed meanwhile leaves the old set or the new, never a mix):
+pipeline/storage/durable.py: a run killed meanwhile leaves the old set or the new, never a mix):
 
     model.pt        the whole MSCL state dict (query and key encoders, heads, queues) and config
     rgb_encoder.pt  the RGB backbone's state dict alone (with r3d_18: loads strictly into
@@ -36,9 +36,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pipeline.dataset import ClipLoader, MSCLClips, to_device
-from pipeline.mscl import MSCL, Method, key_momentum
-from pipeline.tables import FileSet, atomic_write_bytes, recover, sweep
+from pipeline.data.dataset import ClipLoader, MSCLClips, to_device
+from pipeline.models.mscl import MSCL, Method, key_momentum
+from pipeline.storage.tables import FileSet, atomic_write_bytes, recover, sweep
 from schemas.errors import UserError
 from schemas.params import DatasetParams, TrainParams
 
@@ -180,7 +180,7 @@ def train(
     optimiser = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=p.lr, momentum=p.sgd_momentum,
                                 weight_decay=p.weight_decay)  # fmt: skip
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, warmup_steps, total_steps))
-    # Mixed precision on CUDA: float16 with a gradient scaler; the losses compute in float32 (pipeline/losses.py).
+    # Mixed precision on CUDA: float16 with a gradient scaler; the losses compute in float32 (pipeline/models/losses.py).
     autocast = amp_dtype(device, p.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
     config = config_of(p, dataset_params, method, flow_method, dist.world_size)

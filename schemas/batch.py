@@ -1,7 +1,7 @@
-"""What the training dataset yields: one dict per sample, batched by `pipeline.dataset.collate`.
+"""What the training dataset yields: one dict per sample, batched by `pipeline.data.dataset.collate`.
 
 Shapes are per sample; a batch adds a leading B. V = 2 views, T = clip length (sample.clip_len),
-S = dataset.crop_size. RGB stays uint8 and flow float16 until `pipeline.dataset.to_device`, which
+S = dataset.crop_size. RGB stays uint8 and flow float16 until `pipeline.data.dataset.to_device`, which
 moves them and converts on the device: a quarter (RGB) and a half (flow) of float32's bytes through
 the loader's queues and pinned memory.
 """

@@ -36,10 +36,10 @@ class DataParams(Section):
     train: str = "data/train"
     evaluate: str = "data/evaluate"
     labels: str = Field("data/demo/labels.parquet", description="class of each video: a table (relpath, label), or UCF101's "
-                        "or HMDB51's split folder (pipeline/splits.py): what evaluation scores")
+                        "or HMDB51's split folder (pipeline/data/splits.py): what evaluation scores")
 
 
-# The object motions the demo can make (pipeline/synth.py). Under a horizontal flip each class maps
+# The object motions the demo can make (pipeline/data/synth.py). Under a horizontal flip each class maps
 # onto itself, except the pairs in FLIP_PARTNERS: a dataset holding both of a pair can only be told
 # apart with dataset.flip: 0.
 DEMO_CLASSES = ("slide_horizontal", "slide_vertical", "rotate", "zoom_in", "zoom_out", "oscillate")
@@ -50,7 +50,7 @@ TEXTURES = ("blobs", "gratings")
 
 
 class MakeDemoParams(Section):
-    """Synthetic labelled demo dataset (see pipeline/synth.py). Besides the seed, the knobs change
+    """Synthetic labelled demo dataset (see pipeline/data/synth.py). Besides the seed, the knobs change
     what a training recipe could overfit to, for held-out variants (bench/variants/)."""
 
     seed: int = 0
@@ -317,7 +317,7 @@ CAMERA_COMPENSATIONS = ("none", "median")
 
 
 class DatasetParams(Section):
-    """The streaming training dataset (pipeline/dataset.py): views, augmentations, flow scaling.
+    """The streaming training dataset (pipeline/data/dataset.py): views, augmentations, flow scaling.
 
     Clip length and stride are `sample.clip_len` and `sample.stride`: the clip index is built for
     them, and the dataset reads them from it. Defaults are the authors' (../shared/MSCL.md, section 5)."""

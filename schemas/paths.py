@@ -3,7 +3,7 @@
 A video id names a folder in the store and files in output folders, and a relpath is joined onto
 the videos root: a table edited by hand, or written by another tool, must not be able to reach
 outside either. A class name becomes one line of a list (mmaction2's classes.txt): a line break in
-it would shift every class after it. pipeline/tables.py checks every column declared here where a
+it would shift every class after it. pipeline/storage/tables.py checks every column declared here where a
 table is read, and refuses a bad row naming the table, the row and the value.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from schemas.errors import UserError
 
-# pipeline/scan.py video_id: a slug of [A-Za-z0-9._-] that starts with a letter or digit, "-", 8 hex.
+# pipeline/io/scan.py video_id: a slug of [A-Za-z0-9._-] that starts with a letter or digit, "-", 8 hex.
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 ID_COLUMNS = ("video_id",)
 RELPATH_COLUMNS = ("relpath",)

@@ -11,7 +11,7 @@ of its own, so a reader can open it without the store's root.
 
 The root group's attributes carry the store's identity (`STORE_MARKER`), written when the store is
 created; each group's attributes list the arrays this store wrote there (`OWNED_ATTR`), the only
-ones a stage ever deletes (pipeline/ownership.py).
+ones a stage ever deletes (pipeline/storage/ownership.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 STORE_VERSION = 1
 
 # Root group attribute: {"layout": STORE_VERSION, "id": random hex, "created": ISO time}. A folder
-# without it is not this pipeline's store (unless adopted, pipeline/ownership.py).
+# without it is not this pipeline's store (unless adopted, pipeline/storage/ownership.py).
 STORE_MARKER = "mscl_store"
 # Group attribute: sorted names of the arrays this store wrote (or is writing) in the group.
 OWNED_ATTR = "owned_arrays"
@@ -29,7 +29,7 @@ PARTIAL_SUFFIX = ".partial"  # in-progress writes live in <store>.partial, never
 LEGACY_PARTIAL_DIR = ".partial"  # where they lived before, inside the store: cleared when found
 
 FRAMES_DTYPE = "uint8"
-# decode.codec: "zstd" (lossless) or a still-image format, one frame per chunk (pipeline/codecs.py).
+# decode.codec: "zstd" (lossless) or a still-image format, one frame per chunk (pipeline/storage/codecs.py).
 IMAGE_FORMATS = ("jpeg", "jpegxl", "avif", "webp")
 FRAME_CODECS = ("zstd", *IMAGE_FORMATS)
 JPEG_SUBSAMPLINGS = ("444", "422", "420", "411", "440")  # libjpeg's chroma subsamplings
@@ -101,7 +101,7 @@ def repair_command(group: str, *, imported: bool = False) -> str:
 
 def frames_chunks(height: int, width: int, chunk_frames: int, codec: str = "zstd") -> tuple[int, int, int, int]:
     """Chunk = a few whole frames: a clip read touches few chunks and never a partial frame. With
-    JPEG they are one image (pipeline/codecs.py); the other image codecs keep one frame per chunk."""
+    JPEG they are one image (pipeline/storage/codecs.py); the other image codecs keep one frame per chunk."""
     return (chunk_frames if codec in ("zstd", "jpeg") else 1, height, width, 3)
 
 

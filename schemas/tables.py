@@ -1,6 +1,6 @@
 """Columns of every Parquet table the pipeline writes, declared once.
 
-Stages build rows as plain dicts and hand them to `pipeline.tables.write_table` with one of these
+Stages build rows as plain dicts and hand them to `pipeline.storage.tables.write_table` with one of these
 schemas, which rejects a missing or extra column instead of writing a table that drifts.
 """
 
@@ -147,7 +147,7 @@ CLIP_INDEX = pa.schema(
     ]
 )
 
-# Labels as evaluation reads them (pipeline/splits.py), from a labels table or a dataset's split lists;
+# Labels as evaluation reads them (pipeline/data/splits.py), from a labels table or a dataset's split lists;
 # a labels table at data.labels needs relpath and label, and may add group and split.
 LABELS = pa.schema(
     [

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from pipeline.ownership import VIDEOS_ROOT
+from pipeline.storage.ownership import VIDEOS_ROOT
 from schemas import tables
 from schemas.params import DecodeParams
 
@@ -66,7 +66,7 @@ class Summary:
 
 
 def protected_folders(videos_root: str | Path | None) -> dict[str, Path]:
-    """The folders a store must never be or hold (pipeline/ownership.py), by what they are."""
+    """The folders a store must never be or hold (pipeline/storage/ownership.py), by what they are."""
     folders = {"the project's folder": PROJECT, "the current folder": Path.cwd()}
     if videos_root is not None:
         folders[VIDEOS_ROOT] = Path(videos_root)

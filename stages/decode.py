@@ -16,12 +16,20 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from pipeline import faults, ownership, store
-from pipeline.decode import DecodeError, DecodeSpec, TooLarge, iter_frame_blocks, output_size, read_plan, stored_frame_count
-from pipeline.ffmpeg import ffmpeg_binary
-from pipeline.probe import decoded_size
+from pipeline.io.decode import (
+    DecodeError,
+    DecodeSpec,
+    TooLarge,
+    iter_frame_blocks,
+    output_size,
+    read_plan,
+    stored_frame_count,
+)
+from pipeline.io.ffmpeg_binary import ffmpeg_binary
+from pipeline.io.probe import decoded_size
 from pipeline.parallel import map_progress
-from pipeline.tables import FileSet, read_table, sweep, write_table
+from pipeline.storage import faults, ownership, store
+from pipeline.storage.tables import FileSet, read_table, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams
 from schemas.tables import DECODED, FAILURES, VIDEOS
@@ -152,7 +160,7 @@ def run(
 ) -> Summary:
     """Decode every video of the manifest into the store. A finished array whose fingerprint matches
     is skipped unless it is damaged (metadata, a shard file or its index; with `verify`, any chunk).
-    The store must be this pipeline's, or a new folder (pipeline/ownership.py)."""
+    The store must be this pipeline's, or a new folder (pipeline/storage/ownership.py)."""
     listed = listed_arrays(Path(out) / "decoded.parquet")
     with ownership.owning(store_path, "decode", protected=protected_folders(videos_root), listed=listed) as owner:
         return _decode_all(owner, params, manifest, videos_root, str(store_path), out, scheduler, workers, verify)

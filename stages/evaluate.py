@@ -7,7 +7,7 @@ retrieval and a kNN probe.
 
 Every encoder sees the same clips (evenly spaced per video, resized and centre-cropped to the
 training crop size); a video's feature is the mean of its clips'. `data.labels` is a labels table or
-a dataset's own split lists (pipeline/splits.py: UCF101, HMDB51; `evaluate.split` picks N). With
+a dataset's own split lists (pipeline/data/splits.py: UCF101, HMDB51; `evaluate.split` picks N). With
 a split, its train videos are the gallery and its test videos the queries; without, videos are
 split by a stable hash of their group within each class: the labels table's `group` column where
 it has one, else UCF101's groups read from the names (one group per video for other names).
@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.data.splits import match_videos, read_labels
 from pipeline.evaluation import (centre_clip, centre_flow_clip, clip_starts, default_group, finetune, knn_accuracy, linear_probe,
                                  motion_histogram, retrieval_recall, split_videos, video_topk)  # fmt: skip
-from pipeline.models import exported_module, flow_backbone, rgb_backbone
-from pipeline.mscl import flow_encoder_input
-from pipeline.splits import match_videos, read_labels
-from pipeline.store import CorruptChunkError, open_flow, open_frames
-from pipeline.tables import FileSet, read_table, sweep, write_table
+from pipeline.models.encoders import exported_module, flow_backbone, rgb_backbone
+from pipeline.models.mscl import flow_encoder_input
+from pipeline.storage.store import CorruptChunkError, open_flow, open_frames
+from pipeline.storage.tables import FileSet, read_table, sweep, write_table
 from schemas.errors import MissingInputError
 from schemas.params import Params
 from schemas.tables import DECODED, FAILURES

@@ -25,16 +25,36 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import codecs, faults, ownership, store
-from pipeline.decode import DecodeError, DecodeSpec, iter_frame_blocks
-from pipeline.flow import DIS, RAFT, TVL1, DISConfig, Farneback, FarnebackConfig, FlowError, FlowEstimator, RAFTConfig, TVL1Config
-from pipeline.flowstats import STAT_NAMES, flow_stats, stats_rows
+from pipeline.flow.estimators import (
+    DIS,
+    RAFT,
+    TVL1,
+    DISConfig,
+    Farneback,
+    FarnebackConfig,
+    FlowError,
+    FlowEstimator,
+    RAFTConfig,
+    TVL1Config,
+)
+from pipeline.flow.stats import STAT_NAMES, flow_stats, stats_rows
+from pipeline.io.decode import DecodeError, DecodeSpec, iter_frame_blocks
 from pipeline.parallel import map_progress
-from pipeline.tables import FileSet, read_table, sweep, write_table
+from pipeline.storage import codecs, faults, ownership, store
+from pipeline.storage.tables import FileSet, read_table, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams
 from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
-from stages.common import Summary, failure, fingerprint, frames_fingerprint, listed_arrays, log, log_failure, protected_folders
+from stages.common import (
+    Summary,
+    failure,
+    fingerprint,
+    frames_fingerprint,
+    listed_arrays,
+    log,
+    log_failure,
+    protected_folders,
+)
 
 STAGE = "flow"
 

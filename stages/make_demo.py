@@ -1,7 +1,7 @@
 """make_demo stage: a small labelled dataset of synthetic videos with known motion.
 
     <out>/videos/<label>/<label>_<k>.mp4    H.264 videos, the pipeline's default input
-    <out>/truth/<label>/<label>_<k>.json    ground-truth motion of each (pipeline/synth.py)
+    <out>/truth/<label>/<label>_<k>.json    ground-truth motion of each (pipeline/data/synth.py)
     <out>/labels.parquet                    class of each video (schemas.tables.DEMO_LABELS)
 
 The class is the object's motion; textures, colours, sizes and camera pans are random and the same
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import synth
-from pipeline.encode import encode_video
+from pipeline.data import synth
+from pipeline.io.encode import encode_video
 from pipeline.parallel import map_progress
-from pipeline.tables import write_table
+from pipeline.storage.tables import write_table
 from schemas.params import MakeDemoParams
 from schemas.tables import DEMO_LABELS
 from stages.common import Summary, log

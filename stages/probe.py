@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.ffmpeg import ffmpeg_binary
+from pipeline.io.ffmpeg_binary import ffmpeg_binary
+from pipeline.io.probe import ProbeError, probe_video
+from pipeline.io.scan import FoundVideo, scan_videos, shown
 from pipeline.parallel import map_progress
-from pipeline.probe import ProbeError, probe_video
-from pipeline.scan import FoundVideo, scan_videos, shown
-from pipeline.tables import FileSet, read_table, sweep, table_metadata, write_table
+from pipeline.storage.tables import FileSet, read_table, sweep, table_metadata, write_table
 from schemas.params import ProbeParams
 from schemas.tables import FAILURES, TABLES_VERSION, VIDEOS
 from stages.common import Summary, failure, fingerprint, log_failure

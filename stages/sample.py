@@ -8,7 +8,7 @@
 Per-frame scores are the costly part (they read the flow); they are computed in parallel with dask,
 and kept: a re-run reuses a video's scores while its flow, `sample.block`, `sample.noise_floor` and
 `sample.convention` are unchanged, so a new clip length, stride, score or threshold re-runs in
-seconds and never touches the flow. Scores are rounded before anything is ranked (pipeline.sampling),
+seconds and never touches the flow. Scores are rounded before anything is ranked (pipeline.sampling.clips),
 so the tables are byte-identical on every machine, whatever its CPU or thread count.
 """
 
@@ -20,11 +20,19 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import codecs, store
-from pipeline.mds import SCORING_VERSION, frame_scores
 from pipeline.parallel import map_progress
-from pipeline.sampling import ClipSpec, Threshold, candidate_starts, clip_scores, complete_starts, rank_and_quantile, select
-from pipeline.tables import FileSet, read_table, sweep, table_metadata, write_table
+from pipeline.sampling.clips import (
+    ClipSpec,
+    Threshold,
+    candidate_starts,
+    clip_scores,
+    complete_starts,
+    rank_and_quantile,
+    select,
+)
+from pipeline.sampling.mds import SCORING_VERSION, frame_scores
+from pipeline.storage import codecs, store
+from pipeline.storage.tables import FileSet, read_table, sweep, table_metadata, write_table
 from schemas.params import SampleParams
 from schemas.tables import CLIP_INDEX, FAILURES, FLOWED, FRAME_SCORES
 from stages.common import Summary, failure, fingerprint, log_failure

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import locks
-from pipeline.mscl import Method
+from pipeline.models.mscl import Method
+from pipeline.storage import locks
 from pipeline.trainer import train
 from schemas.params import Params
 from stages.common import Summary

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import synth
-from pipeline.encode import encode_video
-from pipeline.ffmpeg import ffmpeg_exe
+from pipeline.data import synth
+from pipeline.io.encode import encode_video
+from pipeline.io.ffmpeg_binary import ffmpeg_exe
 from schemas import store as layout
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -56,7 +56,7 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 def store_bytes(store: Path) -> dict[str, bytes]:
     """tree_bytes of a store with the one thing two stores never share taken out of its root's
-    metadata: the identity marker (a random id and a time, by design; pipeline/ownership.py)."""
+    metadata: the identity marker (a random id and a time, by design; pipeline/storage/ownership.py)."""
     files = tree_bytes(store)
     root = json.loads(files.pop("zarr.json"))
     assert root["attributes"].pop(layout.STORE_MARKER)["id"]

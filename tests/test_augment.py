@@ -6,7 +6,16 @@ import math
 import pytest
 import torch
 
-from pipeline.augment import FRA_ANGLES, ViewAugment, hflip, normalise_flow, resized_crop_flow, rotate_vectors, subtract_camera, view_flow
+from pipeline.data.augment import (
+    FRA_ANGLES,
+    ViewAugment,
+    hflip,
+    normalise_flow,
+    resized_crop_flow,
+    rotate_vectors,
+    subtract_camera,
+    view_flow,
+)
 from schemas.params import DatasetParams
 
 

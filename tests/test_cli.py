@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import cli
 from conftest import REPO
-from pipeline.tables import read_table
+from pipeline.storage.tables import read_table
 
 runner = CliRunner()
 

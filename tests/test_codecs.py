@@ -11,10 +11,9 @@ import pytest
 import zarr
 
 from conftest import FIXTURES, tree_bytes
-
-from pipeline import codecs, store
-from pipeline.synth import demo_scene, render_frames
-from pipeline.tables import read_table
+from pipeline.data.synth import demo_scene, render_frames
+from pipeline.storage import codecs, store
+from pipeline.storage.tables import read_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams, SampleParams
 from stages import decode as decode_stage
@@ -58,9 +57,9 @@ def test_a_plain_zarr_reader_decodes_jpeg_frames_through_the_entry_point(tmp_pat
     write(tmp_path, "v", frames, codec="jpeg", quality=95)
     script = (
         "import sys, zarr\n"
-        "assert 'pipeline.codecs' not in sys.modules\n"
+        "assert 'pipeline.storage.codecs' not in sys.modules\n"
         f"x = zarr.open_array({str(tmp_path / 'frames' / 'v')!r}, mode='r')[:]\n"
-        "print(x.dtype, x.shape, 'pipeline.codecs' in sys.modules)\n"
+        "print(x.dtype, x.shape, 'pipeline.storage.codecs' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd="/", capture_output=True, text=True, check=True).stdout
     assert out.split() == ["uint8", "(12,", "64,", "80,", "3)", "True"]

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import REPO
-from pipeline import store as stores
-from pipeline.dataset import ClipLoader, MSCLClips
-from pipeline.models import exported_module, rgb_backbone
-from pipeline.tables import read_table
+from pipeline.data.dataset import ClipLoader, MSCLClips
+from pipeline.models.encoders import exported_module, rgb_backbone
+from pipeline.storage import store as stores
+from pipeline.storage.tables import read_table
 from schemas import store as layout
 from schemas.params import DatasetParams, DecodeParams, FlowParams, Params, SampleParams
 from stages import decode as decode_stage
@@ -158,7 +158,7 @@ def damaged_index(fixture_flowed, tmp_path):
 def test_the_dataset_replaces_damaged_clips_keeps_its_length_and_counts_them(damaged_index, caplog):
     index, store, victim = damaged_index
     dataset = MSCLClips(index, store, "dis", FAST)
-    with caplog.at_level(logging.WARNING, logger="pipeline.dataset"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.dataset"):
         batches = list(ClipLoader(dataset, 4))
     samples = [vid for batch in batches for vid in batch["video_id"]]
     assert len(samples) == dataset.epoch_length and victim not in samples

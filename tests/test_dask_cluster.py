@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, store_bytes
-from pipeline.tables import read_table
+from pipeline.storage.tables import read_table
 from schemas.params import DecodeParams, ProbeParams
 from stages import decode as decode_stage
 from stages import probe as probe_stage

@@ -14,11 +14,11 @@ import torch
 import zarr
 from torchvision.transforms.v2 import functional as F
 
-from pipeline import synth
-from pipeline.augment import FRA_ANGLES, rotate_vectors
-from pipeline.dataset import ClipIndex, ClipLoader, MSCLClips, chunk_runs, to_device
-from pipeline.store import StoredArray, open_flow, open_frames, recode_flow
-from pipeline.tables import read_table
+from pipeline.data import synth
+from pipeline.data.augment import FRA_ANGLES, rotate_vectors
+from pipeline.data.dataset import ClipIndex, ClipLoader, MSCLClips, chunk_runs, to_device
+from pipeline.storage.store import StoredArray, open_flow, open_frames, recode_flow
+from pipeline.storage.tables import read_table
 from schemas import store as layout
 from schemas.batch import SAMPLE
 from schemas.params import DatasetParams, SampleParams

@@ -1,4 +1,4 @@
-"""pipeline/decode.py: FFmpeg decoding against an independent decoder (OpenCV), scaling, rates."""
+"""pipeline/io/decode.py: FFmpeg decoding against an independent decoder (OpenCV), scaling, rates."""
 
 import queue
 import threading
@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from pipeline import synth
-from pipeline import decode as decode_module
-from pipeline.decode import DecodeError, DecodeSpec, ReadPlan, TooLarge, iter_frame_blocks, output_size, read_plan, stored_frame_count
+from pipeline.data import synth
+from pipeline.io import decode as decode_module
+from pipeline.io.decode import (
+    DecodeError,
+    DecodeSpec,
+    ReadPlan,
+    TooLarge,
+    iter_frame_blocks,
+    output_size,
+    read_plan,
+    stored_frame_count,
+)
 
 SIZES = {"global_pan.avi": (160, 120), "rotate_zoom.webm": (161, 121), "object_on_pan.mp4": (192, 144),
          "static_shot.mp4": (160, 120), "cut_speed.avi": (175, 131)}  # fmt: skip

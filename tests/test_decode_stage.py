@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, store_bytes, tree_bytes
-from pipeline import store
-from pipeline.decode import DecodeSpec, iter_frame_blocks
-from pipeline.tables import read_table
+from pipeline.io.decode import DecodeSpec, iter_frame_blocks
+from pipeline.storage import store
+from pipeline.storage.tables import read_table
 from schemas.params import DecodeParams, ProbeParams
 from schemas.tables import DECODED, FAILURES, VIDEOS
 from stages import decode as decode_stage
@@ -84,7 +84,7 @@ def test_arrays_of_videos_gone_from_the_manifest_are_removed(manifest, fixture_d
     table = read_table(manifest / "videos.parquet", VIDEOS)
     smaller = tmp_path / "manifest"
     smaller.mkdir()
-    from pipeline.tables import write_table
+    from pipeline.storage.tables import write_table
 
     write_table(smaller / "videos.parquet", table.to_pylist()[:3], VIDEOS)
     summary = run_decode(smaller, fixture_dir, tmp_path)

@@ -1,4 +1,4 @@
-"""Outputs under kills and power loss (pipeline/durable.py, store.publish): an array is never seen
+"""Outputs under kills and power loss (pipeline/storage/durable.py, store.publish): an array is never seen
 without its shards, a stage's tables are replaced together, leftovers of killed runs are swept at
 the next start, files and folders are fsynced, outputs honour the umask, and torch files have the
 same bytes every time. Each test failed on the code before these guarantees (issue 16)."""
@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline import durable, store
-from pipeline.tables import FileSet, read_table, sweep, table_metadata, write_table
+from pipeline.storage import durable, store
+from pipeline.storage.tables import FileSet, read_table, sweep, table_metadata, write_table
 from pipeline.trainer import save_atomic
 from schemas import store as layout
 from schemas.params import MakeDemoParams, ProbeParams

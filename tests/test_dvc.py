@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from pipeline.tables import read_table
+from pipeline.storage.tables import read_table
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import (centre_flow_clip, clip_starts, default_group, knn_accuracy, linear_probe, motion_histogram,
-                                 retrieval_recall, split_videos, video_topk)  # fmt: skip
-from pipeline.tables import read_table
+from pipeline.evaluation import (
+    centre_flow_clip,
+    clip_starts,
+    default_group,
+    knn_accuracy,
+    linear_probe,
+    motion_histogram,
+    retrieval_recall,  # fmt: skip
+    split_videos,
+    video_topk,
+)
+from pipeline.storage.tables import read_table
 from pipeline.trainer import train
 from schemas.params import DatasetParams, FlowParams, Params, TrainParams
 from stages import evaluate as evaluate_stage

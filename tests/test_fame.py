@@ -4,8 +4,8 @@ foreground over another clip's background, and the model applies it to view 1's 
 import pytest
 import torch
 
-from pipeline.fame import background_order, foreground_mask, merge
-from pipeline.mscl import MSCL
+from pipeline.models.fame import background_order, foreground_mask, merge
+from pipeline.models.mscl import MSCL
 from schemas.params import TrainParams
 
 

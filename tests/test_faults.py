@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, ffmpeg
-from pipeline import faults, locks
-from pipeline import store as stores
-from pipeline.tables import read_table
+from pipeline.storage import faults, locks
+from pipeline.storage import store as stores
+from pipeline.storage.tables import read_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams, ProbeParams
 from stages import decode as decode_stage
@@ -108,7 +108,7 @@ def test_a_full_disk_during_flow_names_the_video_drops_its_partial_arrays_and_th
 
 HOLD = """
 import sys, time
-from pipeline import locks
+from pipeline.storage import locks
 with locks.hold(sys.argv[1], "extract-flow"):
     print("held", flush=True)
     time.sleep(600)

@@ -1,13 +1,13 @@
-"""pipeline/flow.py: every backend against the fixture's ground truth, and the estimator contract."""
+"""pipeline/flow/estimators.py: every backend against the fixture's ground truth, and the estimator contract."""
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import FIXTURES
-from pipeline import synth
-from pipeline.decode import DecodeSpec, iter_frame_blocks
-from pipeline.flow import DIS, RAFT, TVL1, Farneback, FlowError, RAFTConfig, RaftWeightsMissing, TVL1Config
+from pipeline.data import synth
+from pipeline.flow.estimators import DIS, RAFT, TVL1, Farneback, FlowError, RAFTConfig, RaftWeightsMissing, TVL1Config
+from pipeline.io.decode import DecodeSpec, iter_frame_blocks
 
 GLOBAL = ["global_pan.avi", "rotate_zoom.webm", "object_on_pan.mp4", "cut_speed.avi"]
 

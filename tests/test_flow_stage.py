@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from pipeline import store
-from pipeline.tables import read_table, write_table
+from pipeline.storage import store
+from pipeline.storage.tables import read_table, write_table
 from schemas.params import DecodeParams, FlowParams, ProbeParams
 from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
 from stages import decode as decode_stage

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torchvision.utils import flow_to_image
 
-from pipeline.flowviz import flow_to_rgb, normalised_colours, wheel_colours
+from pipeline.flow.colour import flow_to_rgb, normalised_colours, wheel_colours
 
 
 def test_the_wheel_is_torchvisions_flow_to_image():

@@ -1,4 +1,4 @@
-"""pipeline/images.py: a user's image files are read defensively. Before, `cv2.imread` was used:
+"""pipeline/io/images.py: a user's image files are read defensively. Before, `cv2.imread` was used:
 a JPEG claiming 60000x60000 raised cv2.error, three 1.6 KB JPEGs claiming 12000x12000 decoded as
 grey at 3.4 GB, a JPEG cut to a third decoded with only a warning on stderr, and a folder name that
 is not UTF-8 crashed the process (exit 139)."""
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import images
+from pipeline.io import images
 
 LIMIT = 64 * 1024 * 1024
 

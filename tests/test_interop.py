@@ -14,11 +14,12 @@ import torch
 from torchvision.models.video import r3d_18
 
 from conftest import tree_bytes
-from pipeline import interop, scan
-from pipeline.dataset import MSCLClips
+from pipeline import interop
+from pipeline.data.dataset import MSCLClips
 from pipeline.interop import dequantise_flow, export_mmaction, import_rawframes, quantise_flow, r3d_18_to_mmaction
-from pipeline.store import open_flow, open_frames
-from pipeline.tables import read_table
+from pipeline.io import scan
+from pipeline.storage.store import open_flow, open_frames
+from pipeline.storage.tables import read_table
 from schemas.params import DatasetParams, DecodeParams, FlowParams, SampleParams
 from schemas.paths import UnsafeValueError
 from stages import sample as sample_stage

@@ -13,7 +13,7 @@ SIGKILLed at moments chosen from its progress, and started again, until a run en
 Kills from outside (SIGKILL sent by this test) come when a partial array appears, a shard file is
 written, a progress bar starts or a checkpoint reaches a step. Kills inside the windows that matter
 (an old array renamed aside and the new one not yet in, a set of tables half renamed, a file written
-and not yet renamed) use `MSCL_KILL_AT` (pipeline/durable.py): the process SIGKILLs itself there.
+and not yet renamed) use `MSCL_KILL_AT` (pipeline/storage/durable.py): the process SIGKILLs itself there.
 Tiny data (4 videos of 32 frames at 48 px, 9 training steps at 16 px), so it runs in CI: 40 s on
 2 shared cores.
 """
@@ -38,7 +38,7 @@ from typer.testing import CliRunner
 
 import cli
 from conftest import REPO, tree_bytes
-from pipeline import durable
+from pipeline.storage import durable
 from schemas import store as layout
 
 pytestmark = pytest.mark.slow

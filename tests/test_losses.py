@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import LMCL, InfoNCE, info_nce, lmcl
+from pipeline.models.losses import LMCL, InfoNCE, info_nce, lmcl
 
 
 def naive_info_nce(q, k, queue, t):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import tree_bytes
-from pipeline import synth
-from pipeline.tables import read_table, table_metadata
+from pipeline.data import synth
+from pipeline.storage.tables import read_table, table_metadata
 from schemas.params import MakeDemoParams
 from schemas.tables import DEMO_LABELS
 from stages import make_demo

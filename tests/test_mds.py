@@ -1,11 +1,11 @@
-"""pipeline/mds.py against a reference written directly from the paper's formula (numpy and OpenCV,
+"""pipeline/sampling/mds.py against a reference written directly from the paper's formula (numpy and OpenCV,
 loops where the formula has them), on random flows; and its edge cases."""
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline.mds import frame_scores
+from pipeline.sampling.mds import frame_scores
 
 
 def make_colorwheel() -> np.ndarray:
@@ -92,8 +92,9 @@ def test_flow_stats_motion_map_is_the_same_map():
     """The flow stage's stats (OpenCV, no torch in flow workers) and MDS (torch) compute one M_i."""
     import torch
 
-    from pipeline.flowstats import flow_stats, motion_map as stats_motion_map
-    from pipeline.mds import motion_map
+    from pipeline.flow.stats import flow_stats
+    from pipeline.flow.stats import motion_map as stats_motion_map
+    from pipeline.sampling.mds import motion_map
 
     flow = np.random.default_rng(5).normal(0, 2, (3, 33, 47, 2)).astype(np.float32)
     ours = motion_map(torch.from_numpy(flow).permute(0, 3, 1, 2).contiguous()).numpy()
@@ -201,7 +202,7 @@ def moving_layers(frames: int, height: int = 128, width: int = 170, seed: int = 
 
 @pytest.mark.parametrize("frames, seed", [(60, 0), (120, 1), (47, 2)])
 def test_authors_convention_reproduces_the_release_scores_and_selection(frames, seed):
-    from pipeline.sampling import ClipSpec, Threshold, candidate_starts, clip_scores, select
+    from pipeline.sampling.clips import ClipSpec, Threshold, candidate_starts, clip_scores, select
 
     flow = moving_layers(frames, seed=seed)
     reference = np.array(authors_frame_weights(flow))
@@ -218,7 +219,7 @@ def test_authors_convention_reproduces_the_release_scores_and_selection(frames, 
 
 
 def test_the_two_conventions_differ_where_the_release_drops_borders_and_counts_tail_starts():
-    from pipeline.sampling import ClipSpec, candidate_starts
+    from pipeline.sampling.clips import ClipSpec, candidate_starts
 
     flow = np.zeros((3, 128, 170, 2), np.float32)
     flow[:, 115:, :, 0] = 3.0  # motion only in the bottom 13 rows, below the last whole 28-pixel block

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torchvision.models.video import r3d_18
 
-import pipeline.mscl as mscl_module
-from pipeline.models import CompactR3D, Encoder, flow_backbone
-from pipeline.mscl import MSCL, flow_encoder_input, key_momentum
+import pipeline.models.mscl as mscl_module
+from pipeline.models.encoders import CompactR3D, Encoder, flow_backbone
+from pipeline.models.mscl import MSCL, flow_encoder_input, key_momentum
 from schemas.params import LossWeights, TrainParams
 
 TINY = TrainParams(encoder="compact", width=8, queue_size=16, batch_size=4, flow_width_ratio=0.5, flow_blocks=(1, 1, 1, 1), local_dim=16)

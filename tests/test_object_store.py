@@ -14,9 +14,9 @@ import s3fs
 import torch
 from moto import server as moto_server
 
-from pipeline import store
-from pipeline.dataset import ClipLoader, MSCLClips
-from pipeline.tables import read_table, table_metadata
+from pipeline.data.dataset import ClipLoader, MSCLClips
+from pipeline.storage import store
+from pipeline.storage.tables import read_table, table_metadata
 from schemas import store as layout
 from schemas.params import DatasetParams, SampleParams
 from schemas.tables import FAILURES, FLOWED

@@ -1,4 +1,4 @@
-"""pipeline/ownership.py: a stage writes only into this pipeline's own store, and deletes only the
+"""pipeline/storage/ownership.py: a stage writes only into this pipeline's own store, and deletes only the
 arrays that store wrote. Each case here was found by a fault run against the code before it, where
 decode and import-rawframes wrote zarr.json files into a user's folder, created a lock and a
 .partial beside it, and deleted arrays they had not written ("stale arrays removed 2")."""
@@ -13,10 +13,10 @@ import pytest
 import zarr
 
 from conftest import REPO, store_bytes, tree_bytes
-from pipeline import locks, ownership
-from pipeline import store as stores
 from pipeline.interop import import_rawframes
-from pipeline.tables import read_table, write_table
+from pipeline.storage import locks, ownership
+from pipeline.storage import store as stores
+from pipeline.storage.tables import read_table, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams, ProbeParams
 from schemas.tables import VIDEOS

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from conftest import REPO
-from pipeline import store
-from pipeline.dataset import ClipIndex
-from pipeline.scan import scan_videos
-from pipeline.splits import read_labels
-from pipeline.tables import read_table, write_table
+from pipeline.data.dataset import ClipIndex
+from pipeline.data.splits import read_labels
+from pipeline.io.scan import scan_videos
+from pipeline.storage import store
+from pipeline.storage.tables import read_table, write_table
 from schemas.params import DecodeParams, Params, ProbeParams
 from schemas.paths import UnsafeValueError, id_problem, relpath_problem
 from schemas.tables import VIDEOS

@@ -1,4 +1,4 @@
-"""pipeline/probe.py and the probe stage: FFmpeg output parsing, the fixture's manifest, bad inputs."""
+"""pipeline/io/probe.py and the probe stage: FFmpeg output parsing, the fixture's manifest, bad inputs."""
 
 import hashlib
 import os
@@ -8,11 +8,18 @@ from fractions import Fraction
 import pytest
 
 from conftest import BAD_EXPECTATIONS, FIXTURE_VIDEOS
-from pipeline.probe import (
-    FrameCrc, ProbeError, decoded_size, display_size, parse_fps_text, parse_framecrc, parse_header, parse_vfr,
+from pipeline.io.probe import (
+    FrameCrc,
+    ProbeError,
+    decoded_size,
+    display_size,
+    parse_fps_text,
+    parse_framecrc,
+    parse_header,
+    parse_vfr,
 )
-from pipeline.scan import video_id
-from pipeline.tables import read_table
+from pipeline.io.scan import video_id
+from pipeline.storage.tables import read_table
 from schemas.params import ProbeParams
 from schemas.tables import FAILURES, VIDEOS
 from stages import probe as probe_stage

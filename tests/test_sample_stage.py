@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from pipeline import store
-from pipeline.tables import read_table, table_metadata, write_table
+from pipeline.storage import store
+from pipeline.storage.tables import read_table, table_metadata, write_table
 from schemas.params import SampleParams
 from schemas.tables import CLIP_INDEX, FAILURES, FLOWED
 from stages import sample as sample_stage
@@ -134,7 +134,7 @@ def test_tables_do_not_depend_on_threads_batch_shapes_or_blocks(flowed, tmp_path
     and on the CPU elsewhere; the rounded scores and the tables built from them do not."""
     import torch
 
-    from pipeline.mds import frame_scores
+    from pipeline.sampling.mds import frame_scores
 
     rows = read_table(flowed / "flow" / "videos.parquet", FLOWED).to_pylist()
     threads = torch.get_num_threads()
@@ -160,7 +160,7 @@ def test_tables_do_not_depend_on_threads_batch_shapes_or_blocks(flowed, tmp_path
 
 
 def test_authors_convention_lists_every_start_and_trains_only_on_complete_clips(flowed, tmp_path):
-    from pipeline.dataset import ClipIndex
+    from pipeline.data.dataset import ClipIndex
 
     params = SampleParams(convention="authors", noise_floor=0.0)
     run_sample(flowed, tmp_path, params)

@@ -1,9 +1,17 @@
-"""pipeline/sampling.py: clip scores by the formula, candidates, and every selection rule."""
+"""pipeline/sampling/clips.py: clip scores by the formula, candidates, and every selection rule."""
 
 import numpy as np
 import pytest
 
-from pipeline.sampling import ClipSpec, Threshold, best_first, candidate_starts, clip_scores, rank_and_quantile, select
+from pipeline.sampling.clips import (
+    ClipSpec,
+    Threshold,
+    best_first,
+    candidate_starts,
+    clip_scores,
+    rank_and_quantile,
+    select,
+)
 
 
 def naive_clip_scores(s, length, stride):
@@ -66,7 +74,7 @@ def test_rank_and_quantile():
 
 
 def test_rounding_absorbs_last_bit_differences():
-    from pipeline.sampling import round_significant
+    from pipeline.sampling.clips import round_significant
 
     values = np.random.default_rng(0).lognormal(0, 3, 2000)
     noisy = values * (1 + np.random.default_rng(1).uniform(-1e-13, 1e-13, 2000))

@@ -1,4 +1,4 @@
-"""pipeline/scan.py: video ids and the folder walk."""
+"""pipeline/io/scan.py: video ids and the folder walk."""
 
 import hashlib
 import os
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pipeline.scan import scan_videos, video_id
+from pipeline.io.scan import scan_videos, video_id
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

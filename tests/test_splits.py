@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.splits import SplitError, dataset_layout, match_videos, read_labels
+from pipeline.data.splits import SplitError, dataset_layout, match_videos, read_labels
 
 
 def ucf101(folder, split=1, extra_train="", extra_test=""):

@@ -1,9 +1,9 @@
-"""pipeline/store.py: atomic array writes, shard regrouping, attributes."""
+"""pipeline/storage/store.py: atomic array writes, shard regrouping, attributes."""
 
 import numpy as np
 import pytest
 
-from pipeline import store
+from pipeline.storage import store
 from schemas import store as layout
 
 

@@ -1,4 +1,4 @@
-"""pipeline/synth.py: ground-truth motion is exact, and matches the videos made from it."""
+"""pipeline/data/synth.py: ground-truth motion is exact, and matches the videos made from it."""
 
 import hashlib
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURE_VIDEOS, FIXTURES
-from pipeline import synth
-from pipeline.decode import DecodeSpec, iter_frame_blocks
+from pipeline.data import synth
+from pipeline.io.decode import DecodeSpec, iter_frame_blocks
 
 
 def backward_warp(frame: np.ndarray, flow: np.ndarray) -> np.ndarray:

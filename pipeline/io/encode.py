@@ -11,7 +11,7 @@ from typing import Iterable
 import ffmpeg
 import numpy as np
 
-from pipeline.ffmpeg import ffmpeg_exe, input_path
+from pipeline.io.ffmpeg_binary import ffmpeg_exe, input_path
 
 # Codec presets: what a user meets in the wild. Single-threaded and bit-exact, so the same frames
 # always give the same bytes.

@@ -2,7 +2,7 @@
 
 An `ffmpeg` on PATH wins (a user's build may have hardware decoders); otherwise the static binary
 that the `imageio-ffmpeg` wheel ships, so a fresh machine needs nothing installed by hand. No
-`ffprobe` is needed anywhere: probing parses FFmpeg's own output (see pipeline/probe.py).
+`ffprobe` is needed anywhere: probing parses FFmpeg's own output (see pipeline/io/probe.py).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from pipeline.tables import read_table
+from pipeline.storage.tables import read_table
 from schemas import paths
 from schemas.errors import MissingInputError, UserError
 from schemas.tables import LABEL_SPLITS, LABELS

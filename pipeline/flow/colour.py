@@ -80,7 +80,7 @@ def write_strip(frames, flow, out: str | Path, *, count: int = 6) -> Path:
 
 def write_video(frames, flow, out: str | Path, *, fps: tuple[int, int]) -> Path:
     """A video with each frame beside its flow."""
-    from pipeline.encode import encode_video
+    from pipeline.io.encode import encode_video
 
     flow_array = np.asarray(flow[:], np.float32)
     colours = flow_to_rgb(flow_array)

@@ -10,7 +10,7 @@ A stage that writes the store (decode, extract-flow, import-rawframes) enters `o
    random id). A folder without it is refused, naming the path and the fix, unless it is a store
    written before the marker existed: only this pipeline's entries (`frames/`, `flow/`, `zarr.json`)
    and arrays that the project's own tables (or the groups' listings) name. That store is adopted.
-3. The store's lock is taken (pipeline/locks.py), and only then is the marker written.
+3. The store's lock is taken (pipeline/storage/locks.py), and only then is the marker written.
 
 Each group lists the arrays this store wrote in it (`schemas.store.OWNED_ATTR`, a group attribute,
 so it travels with the group and DVC sees it as part of the output). Every array a run may publish
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-from pipeline import durable, locks
-from pipeline import store as stores
+from pipeline.storage import durable, locks
+from pipeline.storage import store as stores
 from schemas import store as layout
 from schemas.errors import UserError
 

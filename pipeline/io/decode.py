@@ -15,7 +15,7 @@ from typing import Iterator
 import ffmpeg
 import numpy as np
 
-from pipeline.ffmpeg import ffmpeg_exe, input_path
+from pipeline.io.ffmpeg_binary import ffmpeg_exe, input_path
 
 
 class DecodeError(RuntimeError):

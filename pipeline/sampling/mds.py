@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.flowviz import normalised_colours
-from pipeline.sampling import round_significant
+from pipeline.flow.colour import normalised_colours
+from pipeline.sampling.clips import round_significant
 from schemas.params import MDS_CONVENTIONS
 
 BLOCK = 28  # the authors' attention pooling block, in pixels

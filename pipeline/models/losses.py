@@ -7,7 +7,7 @@
   flow and every time step of the same clip's rotated flow (FRA): same appearance, wrong motion.
 
 All inputs are L2-normalised by the caller or here (`normalise=True`); the functions never read or
-change a queue, so which keys a queue holds is decided in one place (`pipeline.mscl`). They compute
+change a queue, so which keys a queue holds is decided in one place (`pipeline.models.mscl`). They compute
 in float32 even under autocast.
 """
 

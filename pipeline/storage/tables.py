@@ -1,6 +1,6 @@
 """Writing and reading the pipeline's Parquet tables: schema-checked, atomic, deterministic.
 
-A stage writes its tables as one set (`write_table(..., files=FileSet(out))`, pipeline/durable.py):
+A stage writes its tables as one set (`write_table(..., files=FileSet(out))`, pipeline/storage/durable.py):
 all are replaced together or none, also if the run is killed between two of them; `read_table`
 first finishes a set a killed run had committed, and each stage sweeps its folder at start.
 """
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.durable import FileSet, atomic_write_bytes, recover, sweep  # noqa: F401 (re-exported for the stages)
+from pipeline.storage.durable import FileSet, atomic_write_bytes, recover, sweep  # noqa: F401 (re-exported for the stages)
 from schemas import paths
 from schemas.errors import MissingInputError
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.scan import shown
+from pipeline.io.scan import shown
 from schemas.errors import UserError
 
 FORMATS = ("JPEG", "PNG")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from pipeline.ffmpeg import ffmpeg_exe, input_path
+from pipeline.io.ffmpeg_binary import ffmpeg_exe, input_path
 
 
 class ProbeError(Exception):

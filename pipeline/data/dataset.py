@@ -41,9 +41,9 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from pipeline.augment import FRA_ANGLES, ViewAugment, rotate_vectors
-from pipeline.store import CorruptChunkError, StoredArray, open_stored
-from pipeline.tables import check_paths
+from pipeline.data.augment import FRA_ANGLES, ViewAugment, rotate_vectors
+from pipeline.storage.store import CorruptChunkError, StoredArray, open_stored
+from pipeline.storage.tables import check_paths
 from schemas import store as layout
 from schemas.batch import SAMPLE, VIEWS
 from schemas.errors import MissingInputError

@@ -4,7 +4,7 @@ reading it back loudly.
 An array is built under `<store>.partial/` (beside the store, so the store itself holds only
 finished arrays) and renamed into its group only when complete, so a killed run leaves either the
 old finished array, or none, never a partial one that looks finished. Layout is declared in
-schemas/store.py, codecs in pipeline/codecs.py. Arrays opened here raise `CorruptChunkError`, which
+schemas/store.py, codecs in pipeline/storage/codecs.py. Arrays opened here raise `CorruptChunkError`, which
 names the video, the array and the chunk, for a chunk that does not decode or a shard file that is
 gone, where zarr would return the fill value for the latter; they give fixed-point flow as float16
 pixels, as every reader expects.
@@ -36,8 +36,8 @@ from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from pipeline import codecs, durable
-from pipeline.faults import CorruptChunkError
+from pipeline.storage import codecs, durable
+from pipeline.storage.faults import CorruptChunkError
 from schemas import paths
 from schemas import store as layout
 from schemas.errors import MissingInputError
@@ -141,7 +141,7 @@ def create_partial(
 ) -> Path:  # fmt: skip
     """Create an empty array under `<store>.partial/` to be filled (possibly by several processes,
     each writing whole shards) and then published with `publish`. `codec_chain`: zarr.create_array's
-    codec keywords (pipeline/codecs.py; default lossless zstd). Returns its path."""
+    codec keywords (pipeline/storage/codecs.py; default lossless zstd). Returns its path."""
     ensure_group(store, group)
     folder = partial_root(store) / group
     folder.mkdir(parents=True, exist_ok=True)
@@ -351,7 +351,7 @@ class StoredArray:
     """A finished zarr array of one video whose reads fail loudly.
 
     zarr reads a missing shard file as the fill value, and a lossy image decoder can turn damaged
-    bytes into plausible pixels; every chunk carries a CRC32C (pipeline/codecs.py), and on opening
+    bytes into plausible pixels; every chunk carries a CRC32C (pipeline/storage/codecs.py), and on opening
     every shard file is checked to be there. A read that fails raises `CorruptChunkError` naming the
     video, the array (`group`), the chunk and the frames it holds. Everything else (shape, dtype,
     attrs, ...) is the zarr array's.

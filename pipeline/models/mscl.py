@@ -19,7 +19,7 @@ positive without learning anything). The permutations come from a CPU generator 
 own, which checkpoints hold: a resumed run repeats them on any device.
 
 With `fame`, view 1's RGB clips may first be turned into their moving foreground over another
-clip's background (FAME, pipeline/fame.py), so that RGB-RGB positives share the motion and not the
+clip's background (FAME, pipeline/models/fame.py), so that RGB-RGB positives share the motion and not the
 scene.
 
 The cross-modal losses are added at weight 1 each (RGB->flow and flow->RGB, and both again with the
@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.fame import background_order, foreground_mask, merge
-from pipeline.flowviz import wheel_colours
-from pipeline.losses import info_nce, lmcl
-from pipeline.models import Encoder, FlowInput, flow_backbone, rgb_backbone
+from pipeline.flow.colour import wheel_colours
+from pipeline.models.encoders import Encoder, FlowInput, flow_backbone, rgb_backbone
+from pipeline.models.fame import background_order, foreground_mask, merge
+from pipeline.models.losses import info_nce, lmcl
 from schemas.params import TrainParams
 
 Method = Literal["mscl", "rgb_only"]
@@ -180,7 +180,7 @@ class MSCL(nn.Module):
 
     def fame(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch with each view-1 RGB clip, with probability `fame`, turned into its moving
-        foreground over another clip's background (pipeline/fame.py; the mask from view 1's flow)."""
+        foreground over another clip's background (pipeline/models/fame.py; the mask from view 1's flow)."""
         query = batch["rgb"][:, 0]
         mask = foreground_mask(batch["flow"][:, 0], self.params.fame_share)
         order = background_order(len(query), self.shuffle_generator).to(query.device)

@@ -26,7 +26,7 @@ PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 
 class CorruptChunkError(UserError, ValueError):
-    """Stored data that does not read back (pipeline/store.py); the message names the video, the
+    """Stored data that does not read back (pipeline/storage/store.py); the message names the video, the
     array and the chunk, and `video_id` is the video's. A fault of that video's data: its stage
     records it and goes on."""
 
@@ -56,7 +56,7 @@ def is_environment(exc: BaseException, outputs: tuple[str | Path, ...] = ()) -> 
 
 def _under(path: str, root: str | Path) -> bool:
     root = os.path.abspath(os.fsdecode(root))
-    partial = root + ".partial"  # arrays are built beside the store (pipeline/store.py)
+    partial = root + ".partial"  # arrays are built beside the store (pipeline/storage/store.py)
     return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in (root, partial))
 
 

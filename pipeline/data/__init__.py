@@ -1,0 +1,1 @@
+"""Training data: the streaming dataset, augmentations, labels and splits, the demo's synthetic videos."""

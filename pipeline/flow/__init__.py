@@ -1,0 +1,1 @@
+"""Optical flow: the estimators, per-pair statistics, the colour wheel."""

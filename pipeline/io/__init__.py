@@ -1,0 +1,1 @@
+"""Video and image I/O: the FFmpeg binary, probing, decoding, encoding, finding videos, reading image files."""

@@ -1,0 +1,1 @@
+"""The models: encoders, MSCL's losses, FAME, the MSCL module with its queues."""

@@ -1,0 +1,1 @@
+"""Motion Differential Sampling: per-frame scores and the clip index rows."""
