@@ -175,7 +175,7 @@ def inspect_index(
     output: str = typer.Option("table", "--format", help="table (for people), csv or json (for scripts)"),
 ) -> None:
     """Look at the clip index: a summary, one video (--video, --plot), or the extremes (--top)."""
-    from pipeline import index_views as inspect
+    from tools import inspect_index as inspect
 
     params = _setup(params_file)
     folder = index or Path(params.data.sample)
@@ -280,7 +280,7 @@ def import_rawframes(
     """Existing rawframes (and 8-bit flow) into the store as decode and extract-flow would write them (data.store, data.decode,
     data.flow; flow under flow.method, marked imported), so sample, train and evaluate run on them unchanged. Symlinks are
     followed as probe.follow_symlinks says; images larger than decode.memory_mb allows are refused."""
-    from pipeline.interop import import_rawframes as run
+    from pipeline.interop.mmaction import import_rawframes as run
 
     params = _setup(params_file)
     data = params.data
@@ -299,7 +299,7 @@ def export_mmaction(
     quality: int = typer.Option(95, min=1, max=100, help="JPEG quality of the rawframes"),
 ) -> None:
     """MDS-selected clips as mmaction2 annotation lists (RawframeDataset, with_offset=True), optionally as a rawframes tree."""
-    from pipeline.interop import export_mmaction as export
+    from pipeline.interop.mmaction import export_mmaction as export
 
     params = _setup(params_file)
     data = params.data

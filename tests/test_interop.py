@@ -14,9 +14,9 @@ import torch
 from torchvision.models.video import r3d_18
 
 from conftest import tree_bytes
-from pipeline import interop
+from pipeline.interop import mmaction as interop
 from pipeline.data.dataset import MSCLClips
-from pipeline.interop import dequantise_flow, export_mmaction, import_rawframes, quantise_flow, r3d_18_to_mmaction
+from pipeline.interop.mmaction import dequantise_flow, export_mmaction, import_rawframes, quantise_flow, r3d_18_to_mmaction
 from pipeline.io import scan
 from pipeline.storage.store import open_flow, open_frames
 from pipeline.storage.tables import read_table

@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 from conftest import REPO, store_bytes, tree_bytes
-from pipeline.interop import import_rawframes
+from pipeline.interop.mmaction import import_rawframes
 from pipeline.storage import locks, ownership
 from pipeline.storage import store as stores
 from pipeline.storage.tables import read_table, write_table
