@@ -77,21 +77,26 @@ def make_estimator(params: FlowParams) -> FlowEstimator:
     return RAFT(RAFTConfig(size=method.removeprefix("raft_"), **getattr(params, method).model_dump()))
 
 
-_ESTIMATORS: dict[str, FlowEstimator] = {}  # per worker process: build each (RAFT loads weights) once
+_RAFT: dict[str, FlowEstimator] = {}  # per worker process: build each RAFT (it loads weights) once
 
 
 def _estimator(params: FlowParams) -> FlowEstimator:
+    """The estimator for a task, one thread. OpenCV's are built afresh for each task: DIS and TV-L1
+    keep state between calls when the frame size changes (the same frames gave flow 0.14 px apart
+    after another size had been through the same object), so a cached one made a video's flow depend
+    on which videos its worker had done before. RAFT holds none and is built once per process."""
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism is across workers
+    if not params.method.startswith("raft"):
+        return make_estimator(params)
     key = json.dumps([params.method, method_params(params)], sort_keys=True)
-    if key not in _ESTIMATORS:
-        import cv2
+    if key not in _RAFT:
+        import torch
 
-        cv2.setNumThreads(1)  # parallelism is across workers
-        if params.method.startswith("raft"):
-            import torch
-
-            torch.set_num_threads(1)
-        _ESTIMATORS[key] = make_estimator(params)
-    return _ESTIMATORS[key]
+        torch.set_num_threads(1)
+        _RAFT[key] = make_estimator(params)
+    return _RAFT[key]
 
 
 @dataclass(frozen=True)

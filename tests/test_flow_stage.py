@@ -165,3 +165,20 @@ def test_an_aborted_run_leaves_no_partial_array_and_resumes(decoded, tmp_path, m
     shutil.copytree(decoded / "store.zarr" / "frames", fresh / "store.zarr" / "frames")
     flow_stage.run(FlowParams(method="dis"), decoded / "decode", fresh / "store.zarr", fresh / "flow", scheduler="sync")
     assert read_table(fresh / "flow" / "stats.parquet").to_pylist() == resumed_stats  # as if never stopped
+
+
+@pytest.mark.parametrize("method", ["dis", "tvl1"])
+def test_a_videos_flow_does_not_depend_on_what_its_worker_did_before(method):
+    """Before: each worker kept one OpenCV estimator, and DIS and TV-L1 carry state across a change of
+    frame size, so the same frames gave flow 0.14 px apart once a video of another size had been through."""
+    rng = np.random.default_rng(0)
+
+    def frames(height, width):
+        base = (rng.random((height + 4, width + 4, 3)) * 255).astype(np.uint8)
+        return np.stack([base[i : i + height, i : i + width] for i in range(3)])
+
+    video, other = frames(48, 64), frames(24, 32)
+    params = FlowParams(method=method)
+    first = flow_stage._estimator(params).estimate(video)
+    flow_stage._estimator(params).estimate(other)
+    assert np.array_equal(flow_stage._estimator(params).estimate(video), first)
