@@ -209,8 +209,8 @@ def show_flow(
     frames: int = typer.Option(6, min=1, help="how many frames the PNG strip shows, evenly spaced"),
 ) -> None:
     """Draw frames and their flow (Middlebury colour wheel) side by side, as a PNG strip or a video."""
-    from pipeline.flow.estimators import colour as flowviz
     from pipeline.storage.store import open_flow, open_frames
+    from tools.show_flow import write_strip, write_video
 
     params = _setup(params_file)
     store_path = store or Path(params.data.store)
@@ -221,9 +221,9 @@ def show_flow(
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
     if out.suffix.lower() in (".mp4", ".mkv", ".webm"):
-        flowviz.write_video(rgb, flow, out, fps=tuple(rgb.attrs["fps"]))
+        write_video(rgb, flow, out, fps=tuple(rgb.attrs["fps"]))
     else:
-        flowviz.write_strip(rgb, flow, out, count=frames)
+        write_strip(rgb, flow, out, count=frames)
     typer.echo(f"wrote {out}")
 
 
@@ -280,7 +280,7 @@ def import_rawframes(
     """Existing rawframes (and 8-bit flow) into the store as decode and extract-flow would write them (data.store, data.decode,
     data.flow; flow under flow.method, marked imported), so sample, train and evaluate run on them unchanged. Symlinks are
     followed as probe.follow_symlinks says; images larger than decode.memory_mb allows are refused."""
-    from pipeline.interop.mmaction import import_rawframes as run
+    from stages.import_rawframes import run
 
     params = _setup(params_file)
     data = params.data
@@ -358,6 +358,8 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
+        import stages.common  # noqa: F401  (its repair commands end every message about damaged data)
+
         typer.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(1)
     except OSError as exc:

@@ -10,7 +10,7 @@ one run, frames per second of:
     mmaction2-style tools, which users keep today);
   - the decode stage in-process ("sync"), with a 1-worker and a W-worker local dask cluster (these
     write Zarr shards; cluster start-up is included, as a user would wait for it);
-  - what fsync costs (README, "What is promised under power loss"): the stage in-process with fsync
+  - what fsync costs (docs/reliability.md, "What is promised under power loss"): the stage in-process with fsync
     on (the default) and off (MSCL_FSYNC=0), alternated --fsync-repeats times, the best of each.
 Prints one JSON object.
 """

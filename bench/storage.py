@@ -50,10 +50,7 @@ from bench.flow import epe, make_inputs  # noqa: E402
 from pipeline.data import augment  # noqa: E402
 from pipeline.data.dataset import ClipLoader, MSCLClips  # noqa: E402
 from pipeline.parallel import default_workers  # noqa: E402
-from pipeline.storage import (
-    codecs,  # noqa: E402
-    store,  # noqa: E402
-)
+from pipeline.storage import arrays, codecs, store  # noqa: E402
 from pipeline.storage.tables import read_table  # noqa: E402
 from schemas import store as layout  # noqa: E402
 from schemas.params import DatasetParams, DecodeParams, FlowParams, ProbeParams, SampleParams  # noqa: E402
@@ -182,7 +179,7 @@ def flow_options(work: Path, rows: list[dict], truths: dict, reference: Path, pa
         if precision is not None:
             for row in rows:
                 attrs = store.array_attrs(path, group, row["video_id"])
-                store.recode_flow(path, group, row["video_id"], precision, attrs)
+                arrays.recode_flow(path, "tvl1", row["video_id"], precision, attrs)
         encode = time.perf_counter() - start
         start = time.perf_counter()
         back = {row["video_id"]: store.open_flow(path, "tvl1", row["video_id"])[:] for row in rows}

@@ -26,6 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pipeline.data.augment import view_flow
 from pipeline.data.dataset import normalise_rgb
+from pipeline.models.encoders import pooled
 
 UCF101_CLIP = re.compile(r"^v_(?P<action>[A-Za-z0-9]+)_g(?P<group>\d+)_c\d+$", re.IGNORECASE)
 
@@ -195,7 +196,7 @@ def finetune(backbone: torch.nn.Module, clips: list[torch.Tensor], labels: np.nd
     model = torch.nn.ModuleDict({"backbone": backbone, "head": torch.nn.Linear(width, len(classes))}).to(device)
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        return model["head"](model["backbone"].stages(batch.to(device))[-1].mean(dim=(2, 3, 4)))
+        return model["head"](pooled(model["backbone"].stages(batch.to(device))))
 
     steps = epochs * -(-len(clips) // batch_size)
     optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)

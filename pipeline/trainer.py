@@ -1,4 +1,4 @@
-"""The MSCL trainer: one loop, readable top to bottom.
+"""The MSCL trainer: build, resume, loop, finish, each a function that reads top to bottom.
 
 SGD with momentum and weight decay; learning rate warmed up linearly then cosine-annealed to 0;
 gradients clipped; mixed precision on CUDA; the key encoders' momentum cosine-annealed to 1.
@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,27 @@ def saver(obj: Any):
     return write
 
 
+@dataclass
+class Run:
+    """One training's state between its steps: what it trains, on what, and how far it got."""
+
+    model: MSCL
+    network: torch.nn.Module  # the model, or DDP around it
+    optimiser: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    dataset: MSCLClips
+    loader: ClipLoader
+    device: torch.device
+    dist: Distributed
+    config: dict[str, Any]
+    autocast: torch.dtype | None
+    steps_per_epoch: int
+    total_steps: int
+    step: int = 0
+    log: list[dict] = field(default_factory=list)
+
+
 def train(
     train_params: TrainParams,
     dataset_params: DatasetParams,
@@ -155,8 +176,18 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) into `out`; returns the final metrics. `stop_after` ends the run after that
     many steps in total, leaving the checkpoint as a killed run would (for tests and smoke runs)."""
-    p = train_params
     out = Path(out)
+    run = _build(train_params, dataset_params, method, index, store, flow_method)
+    _resume(run, train_params, out)
+    clips_per_s = _loop(run, train_params, out, method, stop_after, progress)
+    if run.step < run.total_steps:  # stopped early on purpose: the checkpoint is the result
+        return {"steps": run.step, "stopped": True}
+    return _finish(run, out, clips_per_s)
+
+
+def _build(p: TrainParams, dataset_params: DatasetParams, method: Method, index: str | Path, store: str | Path,
+           flow_method: str) -> Run:  # fmt: skip
+    """The device, the ranks, the data, the model and its optimiser, schedule and scaler, seeded."""
     device = pick_device(p.device)
     make_deterministic(device)
     dist = setup_distributed(device)
@@ -171,11 +202,9 @@ def train(
                         worker_nice=10 if device.type == "cpu" else 0, drop_last=True)  # fmt: skip
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise TooFewClipsError(f"{index}: {dataset.epoch_length} clips per rank cannot fill one batch of {p.batch_size}; "
-                               "lower train.batch_size")
+        raise TooFewClipsError(f"{index}: {dataset.epoch_length} clips per rank cannot fill one batch of {p.batch_size}")
     total_steps = p.epochs * steps_per_epoch
     warmup_steps = round(p.warmup_epochs * steps_per_epoch)
-
     model = MSCL(p, method, flow_input=dataset_params.flow_input).to(device)
     optimiser = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=p.lr, momentum=p.sgd_momentum,
                                 weight_decay=p.weight_decay)  # fmt: skip
@@ -184,9 +213,13 @@ def train(
     autocast = amp_dtype(device, p.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
     config = config_of(p, dataset_params, method, flow_method, dist.world_size)
+    return Run(model, model, optimiser, schedule, scaler, dataset, loader, device, dist, config, autocast, steps_per_epoch, total_steps)
 
-    step, log = 0, []
-    checkpoint_path = out / CHECKPOINT
+
+def _resume(run: Run, p: TrainParams, out: Path) -> None:
+    """Pick up where a killed run stopped (its checkpoint, if saved with the same config), or seed a
+    fresh one; then wrap the model for DDP."""
+    dist, checkpoint_path = run.dist, out / CHECKPOINT
     # What a killed run left: finish the outputs it had committed (that removes its checkpoint too),
     # delete its temporary files (rank 0; the others only finish a commit, before reading the checkpoint).
     if dist.main:
@@ -194,94 +227,104 @@ def train(
     else:
         recover(out)
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if state["config"] == config:
-            model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            schedule.load_state_dict(state["schedule"])
-            scaler.load_state_dict(state["scaler"])
-            dataset.load_state_dict(state["dataset"][dist.rank])
-            set_random_state(model, device, state["rng"][dist.rank])
-            step, log = state["step"], state["log"]
+        state = torch.load(checkpoint_path, map_location=run.device, weights_only=True)
+        if state["config"] == run.config:
+            run.model.load_state_dict(state["model"])
+            run.optimiser.load_state_dict(state["optimiser"])
+            run.schedule.load_state_dict(state["schedule"])
+            run.scaler.load_state_dict(state["scaler"])
+            run.dataset.load_state_dict(state["dataset"][dist.rank])
+            set_random_state(run.model, run.device, state["rng"][dist.rank])
+            run.step, run.log = state["step"], state["log"]
             if dist.main:
-                print(f"resuming {out} at step {step} of {total_steps}", file=sys.stderr)
+                print(f"resuming {out} at step {run.step} of {run.total_steps}", file=sys.stderr)
         elif dist.main:
             print(f"{checkpoint_path}: saved with other params, starting afresh", file=sys.stderr)
-    if step == 0:  # a fresh run: each rank its own stream for the key shuffles (a resumed one restored its own)
+    if run.step == 0:  # a fresh run: each rank its own stream for the key shuffles (a resumed one restored its own)
         torch.manual_seed(p.seed + 1000 * dist.rank)
-        model.shuffle_generator.manual_seed(p.seed + 1000 * dist.rank)
-    network = model
+        run.model.shuffle_generator.manual_seed(p.seed + 1000 * dist.rank)
     if dist.world_size > 1:
-        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                          broadcast_buffers=False)  # fmt: skip
+        run.network = DistributedDataParallel(run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+                                              broadcast_buffers=False)  # fmt: skip
 
-    def save_checkpoint() -> None:
-        # Every rank's dataset position and RNG, gathered so one file resumes them all.
-        per_rank = [dataset.state_dict(), random_state(model, device)]
-        if dist.world_size > 1:
-            gathered: list[Any] = [None] * dist.world_size
-            torch.distributed.all_gather_object(gathered, per_rank)
-        else:
-            gathered = [per_rank]
-        if dist.main:
-            save_atomic({
-                "model": model.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict(), "step": step, "log": log, "config": config,
-                "dataset": [g[0] for g in gathered], "rng": [g[1] for g in gathered],
-            }, checkpoint_path)  # fmt: skip
 
-    if dist.main:
+def _save_checkpoint(run: Run, path: Path) -> None:
+    """Everything the run needs to go on, with every rank's dataset position and RNG gathered so one
+    file resumes them all."""
+    per_rank = [run.dataset.state_dict(), random_state(run.model, run.device)]
+    if run.dist.world_size > 1:
+        gathered: list[Any] = [None] * run.dist.world_size
+        torch.distributed.all_gather_object(gathered, per_rank)
+    else:
+        gathered = [per_rank]
+    if run.dist.main:
+        save_atomic({
+            "model": run.model.state_dict(), "optimiser": run.optimiser.state_dict(), "schedule": run.schedule.state_dict(),
+            "scaler": run.scaler.state_dict(), "step": run.step, "log": run.log, "config": run.config,
+            "dataset": [g[0] for g in gathered], "rng": [g[1] for g in gathered],
+        }, path)  # fmt: skip
+
+
+def _loop(run: Run, p: TrainParams, out: Path, method: Method, stop_after: int | None, progress: bool) -> float:
+    """The steps, to the end or to `stop_after`, with checkpoints; the clips per second it trained at."""
+    if run.dist.main:
         out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {method}", unit="step", disable=not (progress and dist.main))
-    model.train()
+    bar = tqdm(total=run.total_steps, initial=run.step, desc=f"train {method}", unit="step", disable=not (progress and run.dist.main))
+    run.model.train()
     started, clips_seen = time.perf_counter(), 0
-    while step < total_steps and (stop_after is None or step < stop_after):
-        epoch = dataset.epoch
-        for batch in loader:
-            batch = to_device(batch, device)
-            momentum = key_momentum(step, total_steps, p.key_momentum)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                loss, parts, keys = network(batch, momentum)
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimiser)
-            torch.nn.utils.clip_grad_norm_(optimiser.param_groups[0]["params"], p.grad_clip)
-            scaler.step(optimiser)
-            scaler.update()
-            model.enqueue(keys)
-            row = {"step": step + 1, "epoch": epoch, "lr": schedule.get_last_lr()[0], "key_momentum": momentum,
-                   "loss": float(loss.detach()), **{k: float(parts[k].detach()) if k in parts else "" for k in LOSS_PARTS}}  # fmt: skip
-            schedule.step()
-            step += 1
-            log.append(row)
-            clips_seen += len(batch["video_id"]) * dist.world_size
+    while run.step < run.total_steps and (stop_after is None or run.step < stop_after):
+        epoch = run.dataset.epoch
+        for batch in run.loader:
+            row = _step(run, p, to_device(batch, run.device), epoch)
+            clips_seen += len(batch["video_id"]) * run.dist.world_size
             rate = clips_seen / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{row['loss']:.3f}", clips_s=f"{rate:.1f}", epoch=epoch)
             bar.update()
-            if step % p.checkpoint_every == 0 or step == total_steps or step == stop_after:
-                save_checkpoint()
-            if step == stop_after:
+            if run.step % p.checkpoint_every == 0 or run.step == run.total_steps or run.step == stop_after:
+                _save_checkpoint(run, out / CHECKPOINT)
+            if run.step == stop_after:
                 break
     bar.close()
-    elapsed = time.perf_counter() - started
-    if step < total_steps:  # stopped early on purpose: the checkpoint is the result
-        return {"steps": step, "stopped": True}
+    return clips_seen / max(time.perf_counter() - started, 1e-9)
 
-    in_sync = ranks_in_sync(model, dist)
-    metrics = final_metrics(log, steps_per_epoch, clips_seen / max(elapsed, 1e-9), dist.world_size, in_sync)
-    metrics["chance"] = model.chance_losses(dataset.index.clip_len)
-    damaged = torch.tensor([dataset.damaged_clips], dtype=torch.int64)  # in this run (since a resume), every rank
-    if dist.world_size > 1:
+
+def _step(run: Run, p: TrainParams, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
+    """One optimisation step on `batch`; its row of losses.csv (also appended to the run's log)."""
+    momentum = key_momentum(run.step, run.total_steps, p.key_momentum)
+    with torch.autocast(run.device.type, dtype=run.autocast, enabled=run.autocast is not None):
+        loss, parts, keys = run.network(batch, momentum)
+    run.optimiser.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimiser)
+    torch.nn.utils.clip_grad_norm_(run.optimiser.param_groups[0]["params"], p.grad_clip)
+    run.scaler.step(run.optimiser)
+    run.scaler.update()
+    run.model.enqueue(keys)
+    row = {"step": run.step + 1, "epoch": epoch, "lr": run.schedule.get_last_lr()[0], "key_momentum": momentum,
+           "loss": float(loss.detach()), **{k: float(parts[k].detach()) if k in parts else "" for k in LOSS_PARTS}}  # fmt: skip
+    run.schedule.step()
+    run.step += 1
+    run.log.append(row)
+    return row
+
+
+def _finish(run: Run, out: Path, clips_per_s: float) -> dict[str, Any]:
+    """The final metrics, and rank 0's four outputs replaced together with the checkpoint's removal."""
+    in_sync = ranks_in_sync(run.model, run.dist)
+    metrics = final_metrics(run.log, run.steps_per_epoch, clips_per_s, run.dist.world_size, in_sync)
+    metrics["chance"] = run.model.chance_losses(run.dataset.index.clip_len)
+    damaged = torch.tensor([run.dataset.damaged_clips], dtype=torch.int64)  # in this run (since a resume), every rank
+    if run.dist.world_size > 1:
         torch.distributed.all_reduce(damaged)
     metrics["clips_replaced_damaged"] = int(damaged)
-    if dist.main:
+    if run.dist.main:
         with FileSet(out) as files:  # the four outputs replaced together, with the checkpoint's removal
-            files.stage("losses.csv", log_writer(log))
-            files.stage("model.pt", saver({"state_dict": model.state_dict(), "config": config}))
-            files.stage("rgb_encoder.pt", saver(model.rgb.backbone_state_dict()))
+            files.stage("losses.csv", log_writer(run.log))
+            files.stage("model.pt", saver({"state_dict": run.model.state_dict(), "config": run.config}))
+            files.stage("rgb_encoder.pt", saver(run.model.rgb.backbone_state_dict()))
             files.stage("metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
             files.remove(CHECKPOINT)  # a finished run starts afresh next time
-    if dist.started_here:
+    if run.dist.started_here:
         torch.distributed.destroy_process_group()
     return metrics
 
@@ -317,10 +360,6 @@ def final_metrics(log: list[dict], steps_per_epoch: int, clips_per_s: float, wor
             metrics[f"last_epoch_{name}"] = round(sum(values) / len(values), 5)
     metrics["first_epoch_loss"] = round(sum(row["loss"] for row in log[:steps_per_epoch]) / min(steps_per_epoch, len(log)), 5)
     return metrics
-
-
-def write_log(log: list[dict], path: Path) -> None:
-    atomic_write_bytes(path, log_writer(log))
 
 
 def log_writer(log: list[dict]):

@@ -302,7 +302,7 @@ class SampleParams(Section):
         "pipeline",
         description="authors: every detail of the release's generate_mcl_samples.py (scipy Sobel borders, floor-mode blocks, "
         "median over every start including the cut-short tail ones); pipeline: cv2 borders, partial border blocks kept, "
-        "median over complete clips (README: differences from the authors' release)",
+        "median over complete clips (docs/differences.md)",
     )
 
     @field_validator("flow_grid", mode="before")
@@ -328,6 +328,12 @@ class DatasetParams(Section):
     )
     sampling: bool = Field(True, description="draw view 1 from the MDS-selected starts; false: every valid start (the ablation)")
     view2_window: int = Field(64, ge=0, description="view 2 starts at start1 + U[-window, window] frames, snapped to an allowed start")
+    view2_snap: Literal["nearest", "release"] = Field(
+        "nearest", description="how that target snaps: nearest, the allowed start nearest to it (ties: the earlier); release, "
+        "the authors' loop (loading_mscl.py:233-241): from 0, each allowed start in turn where the target is nearer to it "
+        "than the choice so far is, which overshoots, breaks ties late, and gives 0 (allowed or not) for a target at or "
+        "below 0 or at least twice the last allowed start",
+    )
     crop_size: int = Field(112, ge=8, le=1024, description="side of the square output crop, pixels")
     crop_scale: tuple[float, float] = Field((0.2, 1.0), description="random resized crop: range of the crop's share of the frame area")
     crop_ratio: tuple[float, float] = Field((0.75, 4 / 3), description="random resized crop: range of the crop's aspect ratio (w/h)")

@@ -81,22 +81,14 @@ FLOW_ATTRS = (
     "stats",  # per-pair statistics {name: [value per pair]}, as in the flow stats table
     "scale_factor",  # fixed point only (flow.precision): stored int16 * scale_factor = pixels
     "units",  # fixed point only: "px"
+    "imported",  # imported only (import-rawframes): true
+    "quantisation_step_px",  # imported only: the step of the 8-bit images it came from, 2 x bound / 255 px
     "num_frames",  # T-1 pairs, written last
 )
 
 
 def flow_group(method: str) -> str:
     return f"{FLOW_GROUP}/{method}"
-
-
-def repair_command(group: str, *, imported: bool = False) -> str:
-    """The command that rewrites a damaged array of `group`: its stage, reading every chunk of the
-    arrays it skips (--verify); for an imported array, the import again."""
-    if imported:
-        return "python cli.py import-rawframes <its rawframes folder> --verify"
-    if group == FRAMES_GROUP:
-        return "python cli.py decode --verify"
-    return f"python cli.py extract-flow --method {group.removeprefix(FLOW_GROUP + '/')} --verify"
 
 
 def frames_chunks(height: int, width: int, chunk_frames: int, codec: str = "zstd") -> tuple[int, int, int, int]:

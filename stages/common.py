@@ -7,13 +7,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from pipeline.storage import faults
 from pipeline.storage.ownership import VIDEOS_ROOT
+from schemas import store as store_layout
 from schemas import tables
 from schemas.params import DecodeParams
 
@@ -63,6 +66,27 @@ class Summary:
         lines = [f"{self.stage}: " + ", ".join(parts) + f" in {seconds:.1f} s"]
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def decoded(video_id: str, relpath: str, *, num_frames: int, height: int, width: int, fps: Fraction, source_frame_step: float,
+            scale: float) -> dict[str, Any]:  # fmt: skip
+    """A row of decoded.parquet (schemas.tables.DECODED), as decode and import-rawframes write it."""
+    return {"video_id": video_id, "relpath": relpath, "array": f"{store_layout.FRAMES_GROUP}/{video_id}", "num_frames": num_frames,
+            "height": height, "width": width, "fps_num": fps.numerator, "fps_den": fps.denominator,
+            "source_frame_step": source_frame_step, "scale": scale}  # fmt: skip
+
+
+def repair_command(group: str, imported: bool = False) -> str:
+    """The command that rewrites a damaged array of `group`: its stage, reading every chunk of the
+    arrays it skips (--verify); for an imported array, the import again."""
+    if imported:
+        return "python cli.py import-rawframes <its rawframes folder> --verify"
+    if group == store_layout.FRAMES_GROUP:
+        return "python cli.py decode --verify"
+    return f"python cli.py extract-flow --method {group.removeprefix(store_layout.FLOW_GROUP + '/')} --verify"
+
+
+faults.repair_hint = repair_command  # every message about damaged data, wherever a stage or the CLI shows it
 
 
 def protected_folders(videos_root: str | Path | None) -> dict[str, Path]:

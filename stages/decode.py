@@ -28,12 +28,12 @@ from pipeline.io.decode import (
 from pipeline.io.ffmpeg_binary import ffmpeg_binary
 from pipeline.io.probe import decoded_size
 from pipeline.parallel import map_progress
-from pipeline.storage import faults, ownership, store
+from pipeline.storage import arrays, faults, ownership, store
 from pipeline.storage.tables import FileSet, read_table, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams
 from schemas.tables import DECODED, FAILURES, VIDEOS
-from stages.common import Summary, failure, frames_fingerprint, listed_arrays, log_failure, protected_folders
+from stages.common import Summary, decoded, failure, frames_fingerprint, listed_arrays, log_failure, protected_folders
 
 STAGE = "decode"
 
@@ -82,18 +82,8 @@ def _scale(row: dict[str, Any], spec: DecodeSpec) -> float:
 def decoded_row(item: DecodeItem, num_frames: int) -> dict[str, Any]:
     row, spec = item.video, item.spec
     fps = _stored_fps(row, spec)
-    return {
-        "video_id": row["video_id"],
-        "relpath": row["relpath"],
-        "array": f"{layout.FRAMES_GROUP}/{row['video_id']}",
-        "num_frames": num_frames,
-        "height": spec.height,
-        "width": spec.width,
-        "fps_num": fps.numerator,
-        "fps_den": fps.denominator,
-        "source_frame_step": float(Fraction(row["fps_num"], row["fps_den"]) / fps),
-        "scale": _scale(row, spec),
-    }
+    return decoded(row["video_id"], row["relpath"], num_frames=num_frames, height=spec.height, width=spec.width, fps=fps,
+                   source_frame_step=float(Fraction(row["fps_num"], row["fps_den"]) / fps), scale=_scale(row, spec))  # fmt: skip
 
 
 def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
@@ -107,23 +97,14 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
         status = "damaged, decoded again"
     spec = item.spec
     stored = decoded_row(item, 0)  # rate, step and scale, as the decode table will show them
-    attrs = {
-        "video_id": row["video_id"],
-        "relpath": row["relpath"],
-        "sha256": row["sha256"],
-        "fps": [stored["fps_num"], stored["fps_den"]],
-        "source_fps": [row["fps_num"], row["fps_den"]],
-        "source_frame_step": stored["source_frame_step"],
-        "source_size": [row["display_width"], row["display_height"]],
-        "scale": stored["scale"],
-        "params": item.params.recorded(),
-        "ffmpeg": ffmpeg_binary().version,
-        "axes": list(layout.FRAMES_AXES),
-        "fingerprint": item.fingerprint,
-        "store_version": layout.STORE_VERSION,
-    }
     source_width, source_height = decoded_size(row["width"], row["height"], row["rotation"])
-    attrs["decoded_size"] = [source_width, source_height]  # what FFmpeg decodes to: lets flow decode the source again
+    attrs = arrays.frames_attrs(
+        video_id=row["video_id"], relpath=row["relpath"], sha256=row["sha256"], fps=(stored["fps_num"], stored["fps_den"]),
+        source_fps=(row["fps_num"], row["fps_den"]), source_frame_step=stored["source_frame_step"],
+        source_size=(row["display_width"], row["display_height"]), scale=stored["scale"], params=item.params.recorded(),
+        ffmpeg=ffmpeg_binary().version, fingerprint=item.fingerprint,
+        decoded_size=(source_width, source_height),  # what FFmpeg decodes to: lets flow decode the source again
+    )  # fmt: skip
     try:
         plan = read_plan(spec.width * spec.height * 3, item.params.shard_frames, item.params.memory_mb * 2**20)
         blocks = iter_frame_blocks(item.path, spec, source_width=source_width, source_height=source_height, plan=plan)
@@ -135,8 +116,11 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
     except DecodeError as exc:
         # Name the file by its relative path: the table must not depend on where the videos live.
         detail = str(exc).replace(f"file:{item.path}", row["relpath"]).replace(item.path, row["relpath"])
-        reason = "too_large" if isinstance(exc, TooLarge) else "decode_error"
-        return "failed", failure(STAGE, row["video_id"], row["relpath"], reason, detail)
+        if not isinstance(exc, TooLarge):
+            return "failed", failure(STAGE, row["video_id"], row["relpath"], "decode_error", detail)
+        fix = ("set decode.short_side (e.g. 128), lower decode.shard_frames, or raise decode.memory_mb to "
+               f"{exc.needed_mib:,} if the machine has it") if exc.needed_mib else "lower decode.memory_mb, or set decode.short_side"
+        return "failed", failure(STAGE, row["video_id"], row["relpath"], "too_large", f"{detail}: {fix}")
     except MemoryError:  # writing: the machine has less than decode.memory_mb says
         return "failed", failure(STAGE, row["video_id"], row["relpath"], "too_large", f"out of memory writing its frames "
                                  f"({spec.width}x{spec.height}): lower decode.memory_mb or set decode.short_side")  # fmt: skip

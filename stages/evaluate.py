@@ -30,10 +30,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data.splits import match_videos, read_labels
-from pipeline.evaluation import (centre_clip, centre_flow_clip, clip_starts, default_group, finetune, knn_accuracy, linear_probe,
-                                 motion_histogram, retrieval_recall, split_videos, video_topk)  # fmt: skip
-from pipeline.models.encoders import exported_module, flow_backbone, rgb_backbone
+from pipeline.data.splits import SplitError, match_videos, read_labels
+from pipeline.evaluation import (
+    centre_clip,
+    centre_flow_clip,
+    clip_starts,
+    default_group,
+    finetune,
+    knn_accuracy,
+    linear_probe,
+    motion_histogram,  # fmt: skip
+    retrieval_recall,
+    split_videos,
+    video_topk,
+)
+from pipeline.models.encoders import exported_module, flow_backbone, pooled, rgb_backbone
 from pipeline.models.mscl import flow_encoder_input
 from pipeline.storage.store import CorruptChunkError, open_flow, open_frames
 from pipeline.storage.tables import FileSet, read_table, sweep, write_table
@@ -82,7 +93,7 @@ def clip_features(backbone: torch.nn.Module, clips: list[torch.Tensor], batch_si
     out = []
     for i in range(0, len(clips), batch_size):
         batch = torch.stack(clips[i : i + batch_size])
-        out.append(backbone.stages(batch if prepare is None else prepare(batch))[-1].mean(dim=(2, 3, 4)))
+        out.append(pooled(backbone.stages(batch if prepare is None else prepare(batch))))
     return torch.cat(out).float()
 
 
@@ -143,7 +154,34 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
         out: str | Path) -> Summary:  # fmt: skip
     summary = Summary("evaluate")
     sweep(out)  # what a killed run left: its outputs' temporary files, a committed set to finish
-    e, clip_len, stride = params.evaluate, params.sample.clip_len, params.sample.stride
+    videos, gallery_video = _labelled_videos(params, labels_path, decode_dir, summary)
+    clips, clip_video, failures = _read_clips(params, videos, store)
+    if failures:
+        videos, gallery_video, clip_video = _without(videos, gallery_video, clip_video, {f["video_id"] for f in failures})
+        summary.add("videos left out (damaged in the store)", len(failures))
+    clip_video = np.array(clip_video)
+    in_gallery = gallery_video[clip_video]
+    summary.add("gallery clips", int(in_gallery.sum()))
+    summary.add("query clips", int((~in_gallery).sum()))
+    metrics = _score_models(params, Path(train_dir), videos, gallery_video, clips, clip_video, summary)
+    if params.evaluate.diagnostics:
+        metrics["diagnostics"] = diagnostics(params, videos, Path(train_dir), store, gallery_video, failures)
+        for name, result in metrics["diagnostics"].items():
+            summary.notes.append(f"{name:>19}: videos R@1 {result['R@1']:5.1f}  knn_top1 {result['knn_top1']:5.1f}")
+    out = Path(out)
+    failures.sort(key=lambda row: (row["video_id"], row["detail"]))
+    with FileSet(out) as files:  # metrics and failures replaced together, or neither
+        write_table(out / "failures.parquet", failures, FAILURES, files=files)
+        files.stage("metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
+    summary.notes.append(f"MSCL R@1 over RGB-only {metrics['margin']['mscl_vs_rgb_only_R@1']:+.1f}, "
+                         f"over random weights {metrics['margin']['mscl_vs_random_R@1']:+.1f} points")  # fmt: skip
+    return summary
+
+
+def _labelled_videos(params: Params, labels_path: str | Path, decode_dir: str | Path, summary: Summary) -> tuple[Any, np.ndarray]:
+    """The decoded videos with a label, and which are in the gallery: the dataset's own split (train
+    is the gallery, test the queries), or a stable split by group within each class."""
+    e = params.evaluate
     decoded = read_table(Path(decode_dir) / "decoded.parquet", DECODED).to_pandas()
     matched = match_videos(read_labels(labels_path, e.split), list(decoded.relpath))
     if matched.report():
@@ -157,18 +195,24 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
         videos = videos[official].reset_index(drop=True)
     summary.add("labelled videos", len(videos))
     if len(videos) < 2 or videos.label.nunique() < 2:
-        raise ValueError(f"{labels_path}: evaluation needs at least two labelled, decoded videos of two classes")
+        raise SplitError(f"{labels_path}: evaluation needs at least two labelled, decoded videos of two classes")
     if official.any():
         gallery_video = np.array(videos.split == "train", dtype=bool)  # a writable copy: torch indexes with it
         if gallery_video.all() or not gallery_video.any():
-            raise ValueError(f"{labels_path}: split {e.split} puts every matched video on one side; evaluation needs both")
+            raise SplitError(f"{labels_path}: split {e.split} puts every matched video on one side; evaluation needs both")
     else:
         groups = [str(g) if isinstance(g, str) and g else default_group(path) for g, path in zip(videos.group, videos.relpath, strict=True)]
         gallery_video = split_videos(list(videos.relpath), list(videos.label), e.gallery_share, groups)
         summary.add("groups", len(set(groups)))
     summary.add("gallery videos", int(gallery_video.sum()))
     summary.add("query videos", int((~gallery_video).sum()))
+    return videos, gallery_video
 
+
+def _read_clips(params: Params, videos: Any, store: str | Path) -> tuple[list, list[int], list[dict[str, str]]]:
+    """Every video's evenly spaced clips, centre-cropped: (clips, each one's video, failures); a
+    video whose frames are damaged is left out, the rest read."""
+    e, clip_len, stride = params.evaluate, params.sample.clip_len, params.sample.stride
     clips, clip_video, failures = [], [], []
     for i, row in tqdm(list(videos.iterrows()), desc="evaluate: clips", unit="video"):
         try:
@@ -181,19 +225,19 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
             continue
         clips += read
         clip_video += [i] * len(read)
-    if failures:
-        videos, gallery_video, clip_video = _without(videos, gallery_video, clip_video, {f["video_id"] for f in failures})
-        summary.add("videos left out (damaged in the store)", len(failures))
-    clip_video = np.array(clip_video)
-    clip_labels = videos.label.to_numpy()[clip_video]
-    in_gallery = gallery_video[clip_video]
-    summary.add("gallery clips", int(in_gallery.sum()))
-    summary.add("query clips", int((~in_gallery).sum()))
+    return clips, clip_video, failures
 
+
+def _score_models(params: Params, train_dir: Path, videos: Any, gallery_video: np.ndarray, clips: list, clip_video: np.ndarray,
+                  summary: Summary) -> dict[str, Any]:  # fmt: skip
+    """Every model's video and clip retrieval, kNN, and (as set) linear probe and fine-tuning, with
+    MSCL's margins over the baselines."""
+    e = params.evaluate
+    clip_labels, in_gallery = videos.label.to_numpy()[clip_video], gallery_video[clip_video]
     metrics: dict[str, Any] = {}
     video_labels = videos.label.to_numpy()
     for name in MODELS:
-        weights = None if name == "random" else Path(train_dir) / name / "rgb_encoder.pt"
+        weights = None if name == "random" else train_dir / name / "rgb_encoder.pt"
         if weights is not None and not weights.is_file():
             raise MissingInputError(f"{weights}: no trained encoder; run the train stage (python cli.py train --method {name})")
         features = clip_features(load_encoder(params, weights), clips, e.batch_size)
@@ -224,15 +268,4 @@ def run(params: Params, train_dir: str | Path, labels_path: str | Path, decode_d
             for other in ("rgb_only", "random"):
                 margin = metrics["mscl"][protocol]["top1"] - metrics[other][protocol]["top1"]
                 metrics["margin"][f"mscl_vs_{other}_{protocol}_top1"] = round(margin, 2)
-    if e.diagnostics:
-        metrics["diagnostics"] = diagnostics(params, videos, Path(train_dir), store, gallery_video, failures)
-        for name, result in metrics["diagnostics"].items():
-            summary.notes.append(f"{name:>19}: videos R@1 {result['R@1']:5.1f}  knn_top1 {result['knn_top1']:5.1f}")
-    out = Path(out)
-    failures.sort(key=lambda row: (row["video_id"], row["detail"]))
-    with FileSet(out) as files:  # metrics and failures replaced together, or neither
-        write_table(out / "failures.parquet", failures, FAILURES, files=files)
-        files.stage("metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
-    summary.notes.append(f"MSCL R@1 over RGB-only {metrics['margin']['mscl_vs_rgb_only_R@1']:+.1f}, "
-                         f"over random weights {metrics['margin']['mscl_vs_random_R@1']:+.1f} points")  # fmt: skip
-    return summary
+    return metrics

@@ -35,12 +35,13 @@ from pipeline.flow.estimators import (
     FlowError,
     FlowEstimator,
     RAFTConfig,
+    RaftWeightsMissing,
     TVL1Config,
 )
 from pipeline.flow.stats import STAT_NAMES, flow_stats, stats_rows
 from pipeline.io.decode import DecodeError, DecodeSpec, iter_frame_blocks
 from pipeline.parallel import map_progress
-from pipeline.storage import codecs, faults, ownership, store
+from pipeline.storage import arrays, codecs, faults, ownership, store
 from pipeline.storage.tables import FileSet, read_table, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams
@@ -74,7 +75,10 @@ def make_estimator(params: FlowParams) -> FlowEstimator:
         return DIS(DISConfig(**params.dis.model_dump()))
     if method == "farneback":
         return Farneback(FarnebackConfig(**params.farneback.model_dump()))
-    return RAFT(RAFTConfig(size=method.removeprefix("raft_"), **getattr(params, method).model_dump()))
+    try:
+        return RAFT(RAFTConfig(size=method.removeprefix("raft_"), **getattr(params, method).model_dump()))
+    except RaftWeightsMissing as exc:
+        raise RaftWeightsMissing(f"{exc} (flow.{method}.weights in params.yaml)") from None
 
 
 _RAFT: dict[str, FlowEstimator] = {}  # per worker process: build each RAFT (it loads weights) once
@@ -219,36 +223,76 @@ def run(
         return _flow_all(owner, params, decoded, out, scheduler, workers, videos_root, verify)
 
 
+@dataclass
+class _Outcome:
+    """What the run has found so far: the tables' rows and the summary."""
+
+    store_path: str
+    group: str
+    summary: Summary
+    done_rows: list[dict[str, Any]] = field(default_factory=list)
+    stat_rows: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def done(self, row: dict[str, Any], stats: dict[str, list[float]], status: str) -> None:
+        self.done_rows.append(row)
+        self.stat_rows.extend(stats_rows(row["video_id"], stats))
+        self.summary.add(status)
+
+    def fail(self, video_id: str, relpath: str, reason: str, detail: str) -> None:
+        store.remove_array(self.store_path, self.group, video_id)  # an old array would no longer match
+        self.failures.append(failure(STAGE, video_id, relpath, reason, detail))
+        log_failure(self.failures[-1])
+        self.summary.add("failed")
+
+
+@dataclass
+class _Plan:
+    """What the run will do: videos to compute (their tasks), and flow to re-encode."""
+
+    pending: dict[str, _Video] = field(default_factory=dict)
+    tasks: list[FlowTask] = field(default_factory=list)
+    recode: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    lossy_from_store: int = 0
+
+
 def _flow_all(owner: ownership.Owner, params: FlowParams, decoded: str | Path, out: str | Path, scheduler: str | None,
               workers: int | None, videos_root: str | Path | None, verify: bool) -> Summary:  # fmt: skip
-    summary = Summary(f"extract-flow ({params.method})")
-    lossy_from_store = 0
-    out, store_path = Path(out), str(owner.store)
+    out, group = Path(out), layout.flow_group(params.method)
+    outcome = _Outcome(str(owner.store), group, Summary(f"extract-flow ({params.method})"))
     sweep(out)  # what a killed run left: its tables' temporary files, a committed set to finish
-    group = layout.flow_group(params.method)
     videos = read_table(Path(decoded) / "decoded.parquet", DECODED).to_pylist()
     if stale := owner.prepare_group(group, {row["video_id"] for row in videos}):
-        summary.add("stale arrays removed", stale)
-    done_rows, stat_rows, failures, tasks, recode = [], [], [], [], []
-    pending: dict[str, _Video] = {}
+        outcome.summary.add("stale arrays removed", stale)
+    plan = _plan_all(videos, params, outcome, videos_root, verify)
+    _recode_all(plan, params, outcome)
+    _compute_all(plan, params, outcome, scheduler, workers)
+    _write_tables(out, outcome, params)
+    summary = outcome.summary
+    summary.add("pairs", sum(r["num_pairs"] for r in outcome.done_rows))
+    summary.notes += owner.notes
+    if plan.lossy_from_store:
+        summary.notes.append(f"{plan.lossy_from_store} videos' frames are stored lossy, and their flow came from those frames: "
+                             "give the videos root (data.videos) to compute it from the source videos")  # fmt: skip
+    return summary
 
-    def fail(video_id: str, relpath: str, reason: str, detail: str) -> None:
-        store.remove_array(store_path, group, video_id)  # an old array would no longer match
-        failures.append(failure(STAGE, video_id, relpath, reason, detail))
-        log_failure(failures[-1])
-        summary.add("failed")
 
+def _plan_all(videos: list[dict[str, Any]], params: FlowParams, outcome: _Outcome, videos_root: str | Path | None,
+              verify: bool) -> _Plan:  # fmt: skip
+    """Per video: fail it (frames unusable), skip it (its flow is there, sound and current), re-encode
+    it (the same flow stored as float16), or plan its tasks."""
+    plan, store_path, group = _Plan(), outcome.store_path, outcome.group
     for row in videos:
         frames_meta = store.array_meta(store_path, layout.FRAMES_GROUP, row["video_id"]) or {}
         frames_attrs = frames_meta.get("attributes", {})
         if problem := _frames_problem(row, frames_meta):
-            fail(row["video_id"], row["relpath"], *problem)
+            outcome.fail(row["video_id"], row["relpath"], *problem)
             continue
         source, frames_fp = None, frames_attrs["fingerprint"]
         decode_params = DecodeParams(**frames_attrs.get("params", {}))
         if decode_params.codec != "zstd":
             if videos_root is None:
-                lossy_from_store += 1
+                plan.lossy_from_store += 1
             else:
                 source = _source(row, Path(videos_root), decode_params, frames_attrs)
                 frames_fp = frames_fingerprint(frames_attrs["sha256"], decode_params.model_copy(update={"codec": "zstd"}),
@@ -259,40 +303,43 @@ def _flow_all(owner: ownership.Owner, params: FlowParams, decoded: str | Path, o
         existing = store.array_attrs(store_path, group, row["video_id"])
         if existing and (damaged := store.damage(store_path, group, row["video_id"], verify=verify)):
             log.warning("%s: rewriting its flow: %s", row["relpath"], damaged)
-            summary.add("damaged")
+            outcome.summary.add("damaged")
             existing = None
         if existing and existing.get("fingerprint") == done["fingerprint"]:
-            done_rows.append(done)
-            stat_rows.extend(stats_rows(row["video_id"], existing["stats"]))
-            summary.add("skipped")
+            outcome.done(done, existing["stats"], "skipped")
             continue
         if existing and params.precision is not None and existing.get("fingerprint") == flow_fingerprint(
             frames_fp, params.model_copy(update={"precision": None})
         ):  # the same flow, stored as float16: re-encode it rather than compute it again
-            recode.append((row, done, existing))
+            plan.recode.append((row, done, existing))
             continue
-        video_tasks = _plan(row, params, store_path, group, source)
-        pending[row["video_id"]] = _Video(row, done, Path(video_tasks[0].partial), frames_fp, len(video_tasks))
-        tasks += video_tasks
+        video_tasks = _plan_tasks(row, params, store_path, group, source)
+        plan.pending[row["video_id"]] = _Video(row, done, Path(video_tasks[0].partial), frames_fp, len(video_tasks))
+        plan.tasks += video_tasks
+    return plan
 
-    for row, done, existing in tqdm(recode, desc="extract-flow: re-encode", unit="video", disable=not recode):
+
+def _recode_all(plan: _Plan, params: FlowParams, outcome: _Outcome) -> None:
+    """Float16 flow of the same fingerprint re-encoded at `flow.precision`, none computed again."""
+    for row, done, existing in tqdm(plan.recode, desc="extract-flow: re-encode", unit="video", disable=not plan.recode):
         try:
-            store.recode_flow(store_path, group, row["video_id"], params.precision, {**existing, "fingerprint": done["fingerprint"]})
+            arrays.recode_flow(outcome.store_path, params.method, row["video_id"], params.precision,
+                               {**existing, "fingerprint": done["fingerprint"]})  # fmt: skip
         except store.CorruptChunkError as exc:
-            fail(row["video_id"], row["relpath"], "bad_flow", str(exc))
+            outcome.fail(row["video_id"], row["relpath"], "bad_flow", str(exc))
             continue
-        done_rows.append(done)
-        stat_rows.extend(stats_rows(row["video_id"], existing["stats"]))
-        summary.add("re-encoded")
+        outcome.done(done, existing["stats"], "re-encoded")
 
+
+def _compute_all(plan: _Plan, params: FlowParams, outcome: _Outcome, scheduler: str | None, workers: int | None) -> None:
+    """Run the planned tasks in parallel; publish each video's array once all its tasks are back."""
     # Built here first so that a problem (missing RAFT weights) stops the run before any work.
-    estimator_info = make_estimator(params).describe() if tasks else None
-    results = map_progress(flow_task, tasks, scheduler=scheduler, workers=workers, desc="extract-flow", unit="pair",
+    estimator_info = make_estimator(params).describe() if plan.tasks else None
+    results = map_progress(flow_task, plan.tasks, scheduler=scheduler, workers=workers, desc="extract-flow", unit="pair",
                            weight=lambda task: task.stop - task.start, noun="tasks")  # fmt: skip
-    results = _discarding_on_fault(results, pending)
-    for result in results:
+    for result in _discarding_on_fault(results, plan.pending):
         task: FlowTask = result["task"]
-        video = pending[task.video_id]
+        video = plan.pending[task.video_id]
         video.left -= 1
         if "error" in result:
             video.error = video.error or result["error"]
@@ -302,33 +349,27 @@ def _flow_all(owner: ownership.Owner, params: FlowParams, decoded: str | Path, o
             continue
         if problem := _flow_problem(video, params.pairs_per_task):
             store.discard_partial(video.partial)
-            fail(task.video_id, video.row["relpath"], *problem)
+            outcome.fail(task.video_id, video.row["relpath"], *problem)
             continue
         # The stats travel with the array, so a resumed run reuses them with the array it skips.
         stats = {name: [v for start in sorted(video.stats) for v in video.stats[start][name]] for name in STAT_NAMES}
-        store.publish(store_path, group, task.video_id, video.partial, {
-            "video_id": task.video_id, "method": params.method, "estimator": estimator_info,
-            "frames_fingerprint": video.frames_fingerprint, "fingerprint": video.done["fingerprint"],
-            "axes": list(layout.FLOW_AXES), "store_version": layout.STORE_VERSION, "stats": stats,
-            **(layout.fixed_point_attrs(params.precision) if params.precision is not None else {}),
-        })  # fmt: skip
-        stat_rows.extend(stats_rows(task.video_id, stats))
-        done_rows.append(video.done)
-        summary.add("computed")
-    done_rows.sort(key=lambda r: r["video_id"])
-    stat_rows.sort(key=lambda r: (r["video_id"], r["frame"]))
-    failures.sort(key=lambda r: r["video_id"])
+        store.publish(outcome.store_path, outcome.group, task.video_id, video.partial, arrays.flow_attrs(
+            video_id=task.video_id, method=params.method, estimator=estimator_info, frames_fingerprint=video.frames_fingerprint,
+            fingerprint=video.done["fingerprint"], stats=stats, precision=params.precision,
+        ))  # fmt: skip
+        outcome.done(video.done, stats, "computed")
+
+
+def _write_tables(out: Path, outcome: _Outcome, params: FlowParams) -> None:
+    """The three tables, sorted, replaced together or none."""
     metadata = {"method": params.method, "params": method_params(params), "moving_threshold": params.moving_threshold}
-    with FileSet(out) as files:  # the three tables replaced together, or none
-        write_table(out / "videos.parquet", done_rows, FLOWED, metadata=metadata, files=files)
-        write_table(out / "stats.parquet", stat_rows, FLOW_STATS, metadata=metadata, files=files)
-        write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata, files=files)
-    summary.add("pairs", sum(r["num_pairs"] for r in done_rows))
-    summary.notes += owner.notes
-    if lossy_from_store:
-        summary.notes.append(f"{lossy_from_store} videos' frames are stored lossy, and their flow came from those frames: "
-                             "give the videos root (data.videos) to compute it from the source videos")  # fmt: skip
-    return summary
+    with FileSet(out) as files:
+        write_table(out / "videos.parquet", sorted(outcome.done_rows, key=lambda r: r["video_id"]), FLOWED, metadata=metadata,
+                    files=files)  # fmt: skip
+        write_table(out / "stats.parquet", sorted(outcome.stat_rows, key=lambda r: (r["video_id"], r["frame"])), FLOW_STATS,
+                    metadata=metadata, files=files)  # fmt: skip
+        write_table(out / "failures.parquet", sorted(outcome.failures, key=lambda r: r["video_id"]), FAILURES, metadata=metadata,
+                    files=files)  # fmt: skip
 
 
 def flow_fingerprint(frames_fingerprint: str, params: FlowParams) -> str:
@@ -346,15 +387,11 @@ def _source(row: dict[str, Any], videos_root: Path, decode: DecodeParams, frames
     return Source(str((videos_root / row["relpath"]).absolute()), spec, tuple(frames_attrs["decoded_size"]))
 
 
-def _plan(row: dict[str, Any], params: FlowParams, store_path: str, group: str, source: Source | None) -> list[FlowTask]:
+def _plan_tasks(row: dict[str, Any], params: FlowParams, store_path: str, group: str, source: Source | None) -> list[FlowTask]:
     """Create the video's partial array and cut its pairs into tasks that each write whole shards."""
-    pairs, height, width = row["num_frames"] - 1, row["height"], row["width"]
-    dtype = layout.FLOW_DTYPE if params.precision is None else layout.FLOW_FIXED_DTYPE
-    partial = store.create_partial(
-        store_path, group, row["video_id"], shape=(pairs, height, width, 2), dtype=dtype,
-        chunks=(params.chunk_frames, height, width, 2), shards=(params.shard_frames, height, width, 2), axes=layout.FLOW_AXES,
-        codec_chain=codecs.flow_codecs(params.precision),
-    )  # fmt: skip
+    pairs = row["num_frames"] - 1
+    partial = arrays.create_flow(store_path, params.method, row["video_id"], pairs=pairs, height=row["height"], width=row["width"],
+                                 precision=params.precision, chunk_frames=params.chunk_frames, shard_frames=params.shard_frames)  # fmt: skip
     # Frames decoded again from the source: one task runs them all, as the decoder reads from the
     # start (a task per run would decode a long video once per run).
     step = params.pairs_per_task if source is None else pairs

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.models.mscl import Method
 from pipeline.storage import locks
-from pipeline.trainer import train
+from pipeline.trainer import TooFewClipsError, train
 from schemas.params import Params
 from stages.common import Summary
 
@@ -23,7 +23,10 @@ from stages.common import Summary
 def run(params: Params, method: Method, index: str | Path, store: str | Path, out: str | Path, *,
         stop_after: int | None = None, progress: bool = True) -> Summary:  # fmt: skip
     summary = Summary(f"train {method}")
-    metrics = train(params.train, params.dataset, method=method, index=index, store=store, flow_method=params.flow.method,
-                    out=out, stop_after=stop_after, progress=progress)  # fmt: skip
+    try:
+        metrics = train(params.train, params.dataset, method=method, index=index, store=store, flow_method=params.flow.method,
+                        out=out, stop_after=stop_after, progress=progress)  # fmt: skip
+    except TooFewClipsError as exc:
+        raise TooFewClipsError(f"{exc}; lower train.batch_size") from None
     summary.notes += [f"{key}: {value}" for key, value in metrics.items()]
     return summary

@@ -12,7 +12,7 @@ import zarr
 
 from conftest import FIXTURES, tree_bytes
 from pipeline.data.synth import demo_scene, render_frames
-from pipeline.storage import codecs, store
+from pipeline.storage import arrays, codecs, store
 from pipeline.storage.tables import read_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams, SampleParams
@@ -327,7 +327,7 @@ def test_scores_on_the_flow_grid_are_the_same_from_float16_and_fixed_point_flow(
     fixed = tmp_path / "fixed.zarr"
     shutil.copytree(fixture_flowed / "store.zarr" / group, fixed / group)
     for row in read_table(fixture_flowed / "flow" / "videos.parquet").to_pylist():
-        store.recode_flow(fixed, group, row["video_id"], 1 / 32, store.array_attrs(fixed, group, row["video_id"]))
+        arrays.recode_flow(fixed, "dis", row["video_id"], 1 / 32, store.array_attrs(fixed, group, row["video_id"]))
     tables = {}
     for name, path, grid in (("float16", fixture_flowed / "store.zarr", "1/32"), ("fixed", fixed, "1/32"), ("raw", fixture_flowed / "store.zarr", None)):
         sample_stage.run(SampleParams(flow_grid=grid), fixture_flowed / "flow", path, tmp_path / name, scheduler="sync")

@@ -16,8 +16,9 @@ from torchvision.transforms.v2 import functional as F
 
 from pipeline.data import synth
 from pipeline.data.augment import FRA_ANGLES, rotate_vectors
-from pipeline.data.dataset import ClipIndex, ClipLoader, MSCLClips, chunk_runs, to_device
-from pipeline.storage.store import StoredArray, open_flow, open_frames, recode_flow
+from pipeline.data.dataset import ClipIndex, ClipLoader, MSCLClips, chunk_runs, release_snap, to_device
+from pipeline.storage.arrays import recode_flow
+from pipeline.storage.store import StoredArray, open_flow, open_frames
 from pipeline.storage.tables import read_table
 from schemas import store as layout
 from schemas.batch import SAMPLE
@@ -87,6 +88,28 @@ def test_snap_goes_to_the_nearest_allowed_start_ties_to_the_earlier():
     assert [index.snap("v", t) for t in (-10, 0, 3, 4, 7, 8, 100)] == [2, 2, 2, 5, 5, 9, 9]
 
 
+def release_loop(chosen_idx, tar_offset):
+    """loading_mscl.py:235-239 of the MSCL release (0b080e5), as written there."""
+    new_offset = 0
+    if len(chosen_idx):
+        for cid in chosen_idx:
+            if abs(cid - tar_offset) < abs(cid - new_offset):
+                new_offset = cid
+    return new_offset
+
+
+def test_the_release_rule_is_the_authors_loop_and_not_the_nearest():
+    index = ClipIndex(np.array(["v"] * 3, dtype=object), np.array([10, 20, 30]), {"v": np.array([10, 20, 30])}, 8, 4)
+    targets = (12, 25, -3, 60, 15, 20, 0)
+    assert [index.snap("v", t, "release") for t in targets] == [20, 30, 0, 0, 20, 20, 0]  # read off the release by hand
+    assert [index.snap("v", t) for t in targets] == [10, 20, 10, 30, 10, 20, 10]
+    rng = np.random.default_rng(0)
+    for _ in range(500):  # against the release's own loop, on random selections and targets
+        allowed = np.unique(rng.integers(0, 200, rng.integers(1, 20)))
+        target = int(rng.integers(-80, 280))
+        assert release_snap(allowed, target) == release_loop(allowed.tolist(), target)
+
+
 def test_bad_indexes_are_named(tmp_path, fixture_index, store):
     with pytest.raises(FileNotFoundError, match="missing.parquet.*sample stage"):
         ClipIndex.load(tmp_path / "missing.parquet")
@@ -96,7 +119,7 @@ def test_bad_indexes_are_named(tmp_path, fixture_index, store):
     with pytest.raises(ValueError, match="no clip is selected.*dataset.sampling: false"):
         ClipIndex.load(tmp_path / "none.parquet")
     assert len(ClipIndex.load(tmp_path / "none.parquet", sampling=False)) == len(table)
-    with pytest.raises(FileNotFoundError, match=r"no flow/raft_small array for video .*extract-flow"):
+    with pytest.raises(FileNotFoundError, match=r"no flow/raft_small array for video .*run the flow stage"):
         MSCLClips(fixture_index, store, "raft_small", FAST).sample(0)
 
 
@@ -378,7 +401,7 @@ def test_fixed_point_flow_reads_the_same_with_and_without_the_cache(fixture_inde
     group = layout.flow_group("dis")
     for video in filter(Path.is_dir, (fixed / group).iterdir()):
         attrs = zarr.open_array(str(video), mode="r").attrs.asdict()
-        recode_flow(fixed, group, video.name, 1 / 32, attrs)
+        recode_flow(fixed, "dis", video.name, 1 / 32, attrs)
     plain = run_epoch(make(fixture_index, fixed, EXACT), batch_size=4, batches=2)
     cached_dataset = make(fixture_index, fixed, EXACT.model_copy(update={"cache_mb": 64}))
     cached = run_epoch(cached_dataset, batch_size=4, batches=2)

@@ -8,6 +8,8 @@ from conftest import FIXTURES
 from pipeline.data import synth
 from pipeline.flow.estimators import DIS, RAFT, TVL1, Farneback, FlowError, RAFTConfig, RaftWeightsMissing, TVL1Config
 from pipeline.io.decode import DecodeSpec, iter_frame_blocks
+from schemas.params import FlowParams
+from stages import flow as flow_stage
 
 GLOBAL = ["global_pan.avi", "rotate_zoom.webm", "object_on_pan.mp4", "cut_speed.avi"]
 
@@ -117,8 +119,10 @@ def test_raft_pads_batches_and_crops_back(random_raft_weights):
 
 def test_raft_without_weights_says_how_to_supply_them(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    with pytest.raises(RaftWeightsMissing, match=r"never downloaded.*raft_small_C_T_V2-01064c6d\.pth.*flow\.raft_small\.weights"):
+    with pytest.raises(RaftWeightsMissing, match=r"never downloaded.*raft_small_C_T_V2-01064c6d\.pth"):
         RAFT(RAFTConfig())
+    with pytest.raises(RaftWeightsMissing, match=r"never downloaded.*\(flow\.raft_small\.weights in params\.yaml\)"):
+        flow_stage.make_estimator(FlowParams(method="raft_small"))  # the stage names the setting
     with pytest.raises(RaftWeightsMissing, match="does not exist"):
         RAFT(RAFTConfig(weights=str(tmp_path / "nope.pth")))
 

@@ -14,14 +14,15 @@ import torch
 from torchvision.models.video import r3d_18
 
 from conftest import tree_bytes
-from pipeline.interop import mmaction as interop
 from pipeline.data.dataset import MSCLClips
-from pipeline.interop.mmaction import dequantise_flow, export_mmaction, import_rawframes, quantise_flow, r3d_18_to_mmaction
+from pipeline.interop import mmaction, rawframes
+from pipeline.interop.mmaction import dequantise_flow, export_mmaction, quantise_flow, r3d_18_to_mmaction
 from pipeline.io import scan
 from pipeline.storage.store import open_flow, open_frames
 from pipeline.storage.tables import read_table
 from schemas.params import DatasetParams, DecodeParams, FlowParams, SampleParams
 from schemas.paths import UnsafeValueError
+from stages import import_rawframes as import_stage
 from stages import sample as sample_stage
 
 
@@ -131,7 +132,7 @@ def exported_tree(demo_sampled, out):
 def test_import_of_an_exported_tree_gives_the_frames_and_flow_back_and_sample_runs_on_it(demo_sampled, tmp_path, monkeypatch):
     tree = exported_tree(demo_sampled, tmp_path / "export")
     store = tmp_path / "store.zarr"
-    summary = import_rawframes(tree, store, tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=None), FlowParams(method="dis"),
+    summary = import_stage.run(tree, store, tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=None), FlowParams(method="dis"),
                                bound=20.0, fps=25.0, scheduler="sync")  # fmt: skip
     assert summary.counts["videos"] == summary.counts["with flow"] == 12 and "failed" not in summary.counts
     decoded = read_table(tmp_path / "decode" / "decoded.parquet").to_pylist()
@@ -152,8 +153,8 @@ def test_import_of_an_exported_tree_gives_the_frames_and_flow_back_and_sample_ru
     item = MSCLClips(tmp_path / "sample" / "clips.parquet", store, "dis", DatasetParams(crop_size=32)).sample(0)  # what train reads
     assert item["rgb"].shape[-2:] == item["flow"].shape[-2:] == (32, 32)
     # A re-run imports nothing again, and decodes no image to find that out.
-    monkeypatch.setattr(interop, "_read_image", lambda *a, **kw: pytest.fail("a re-run decoded an image"))
-    again = import_rawframes(tree, store, tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=None), FlowParams(method="dis"),
+    monkeypatch.setattr(rawframes, "_read_image", lambda *a, **kw: pytest.fail("a re-run decoded an image"))
+    again = import_stage.run(tree, store, tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=None), FlowParams(method="dis"),
                              bound=20.0, fps=25.0, scheduler="sync")  # fmt: skip
     assert again.counts["videos"] == again.counts["unchanged"] == 12
     assert summary.counts["unchanged"] == 0
@@ -172,7 +173,7 @@ def test_import_quarantines_each_bad_folder_and_keeps_the_rest(demo_sampled, tmp
     bad[folders[2].name] = ("bad_flow", "flow images are 64x48, frames 170x128")
     (folders[3] / "img_00010.jpg").unlink()  # a gap in the frames
     bad[folders[3].name] = ("bad_frames", "with gaps (missing [10])")
-    summary = import_rawframes(tree, tmp_path / "store.zarr", tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=64),
+    summary = import_stage.run(tree, tmp_path / "store.zarr", tmp_path / "decode", tmp_path / "flow", DecodeParams(short_side=64),
                                FlowParams(method="dis"), bound=20.0, fps=25.0, scheduler="sync")  # fmt: skip
     assert summary.counts["failed"] == 4 and summary.counts["videos"] == 8
     failures = {row["relpath"]: row for row in read_table(tmp_path / "decode" / "failures.parquet").to_pylist()}
@@ -231,7 +232,7 @@ def test_hostile_images_and_names_cost_only_their_video_and_symlinks_follow_the_
     linked = folders[7] / "img_00004.jpg"
     shutil.move(linked, outside / "img_00004.jpg")
     os.symlink(outside / "img_00004.jpg", linked)  # one image that is a symlink
-    run = lambda follow: import_rawframes(tree, tmp_path / f"store{follow}.zarr", tmp_path / f"decode{follow}", tmp_path / f"flow{follow}",  # noqa: E731
+    run = lambda follow: import_stage.run(tree, tmp_path / f"store{follow}.zarr", tmp_path / f"decode{follow}", tmp_path / f"flow{follow}",  # noqa: E731
                                           DecodeParams(), FlowParams(method="dis"), bound=20.0, fps=25.0, follow_symlinks=follow,
                                           scheduler="sync")  # fmt: skip
     summary = run(False)
@@ -261,7 +262,7 @@ def test_export_refuses_a_folder_it_did_not_write_and_never_deletes_what_it_did_
     users.mkdir()
     (users / "classes.txt").write_text("my classes\n")
     before = tree_bytes(users)
-    with pytest.raises(interop.ExportRefused, match=r"mine: is not empty and export-mmaction did not write it"):
+    with pytest.raises(mmaction.ExportRefused, match=r"mine: is not empty and export-mmaction did not write it"):
         export(demo_sampled, users)
     assert tree_bytes(users) == before
     out = tmp_path / "out"
@@ -270,7 +271,7 @@ def test_export_refuses_a_folder_it_did_not_write_and_never_deletes_what_it_did_
     (out / "rawframes" / video / "my_annotation.json").write_text("{}")
     (out / "rawframes" / f"{video}.partial").mkdir()
     (out / "rawframes" / f"{video}.partial" / "important.txt").write_text("keep me")
-    with pytest.raises(interop.ExportRefused, match=rf"{video}/my_annotation.json: export-mmaction did not write it"):
+    with pytest.raises(mmaction.ExportRefused, match=rf"{video}/my_annotation.json: export-mmaction did not write it"):
         export(demo_sampled, out, rawframes=True)
     assert (out / "rawframes" / video / "my_annotation.json").read_text() == "{}"
     (out / "rawframes" / video / "my_annotation.json").unlink()
@@ -278,7 +279,7 @@ def test_export_refuses_a_folder_it_did_not_write_and_never_deletes_what_it_did_
     assert (out / "rawframes" / f"{video}.partial" / "important.txt").read_text() == "keep me"
     shutil.rmtree(out / "rawframes" / video)
     os.symlink(tmp_path, out / "rawframes" / video)
-    with pytest.raises(interop.ExportRefused, match=rf"rawframes/{video}: is a symlink or a file"):
+    with pytest.raises(mmaction.ExportRefused, match=rf"rawframes/{video}: is a symlink or a file"):
         export(demo_sampled, out, rawframes=True)
     assert (tmp_path / "mine" / "classes.txt").read_text() == "my classes\n"  # nothing followed through the link
 
@@ -288,9 +289,9 @@ def test_a_later_export_leaves_no_list_of_an_earlier_one_beside_its_own(demo_sam
     lists = ucf101_lists(demo_sampled, tmp_path / "lists")
     out = tmp_path / "out"
     export(demo_sampled, out, lists)
-    assert {p.name for p in out.iterdir()} == {"classes.txt", "train.txt", "test.txt", interop.EXPORT_MARKER}
+    assert {p.name for p in out.iterdir()} == {"classes.txt", "train.txt", "test.txt", mmaction.EXPORT_MARKER}
     export(demo_sampled, out)
-    assert {p.name for p in out.iterdir()} == {"classes.txt", "clips.txt", interop.EXPORT_MARKER}
+    assert {p.name for p in out.iterdir()} == {"classes.txt", "clips.txt", mmaction.EXPORT_MARKER}
 
 
 def test_a_label_that_is_not_one_line_is_refused_where_it_is_read(demo_sampled, tmp_path):

@@ -8,7 +8,7 @@ import torch
 from torchvision.models.video import r3d_18
 
 import pipeline.models.mscl as mscl_module
-from pipeline.models.encoders import CompactR3D, Encoder, flow_backbone
+from pipeline.models.encoders import CompactR3D, Encoder, flow_backbone, pooled
 from pipeline.models.mscl import MSCL, flow_encoder_input, key_momentum
 from schemas.params import LossWeights, TrainParams
 
@@ -39,7 +39,7 @@ def test_exported_r3d_18_backbone_loads_strictly_into_torchvision():
     reference.eval(), model.rgb.eval()
     x = torch.randn(1, 3, 8, 32, 32)
     with torch.no_grad():
-        ours = model.rgb.features(x)
+        ours = pooled(model.rgb.backbone.stages(x))  # the feature evaluation and fine-tuning use
         theirs = reference.avgpool(reference.layer4(reference.layer3(reference.layer2(reference.layer1(reference.stem(x)))))).flatten(1)
     assert torch.allclose(ours, theirs, atol=1e-5)
 
@@ -135,7 +135,7 @@ def test_rgb_only_is_plain_moco_and_weights_scale_their_loss():
     assert float(w_heavy["rgb"].detach()) == pytest.approx(float(w_light["rgb"].detach()), rel=1e-5)
 
 
-# -- fixes found against the authors' release and the paper (README: differences) ------------------
+# -- fixes found against the authors' release and the paper (docs/differences.md) ------------------
 
 
 def clip_batch(b=4, size=32, frames=8, seed=0):

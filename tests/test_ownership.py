@@ -13,7 +13,6 @@ import pytest
 import zarr
 
 from conftest import REPO, store_bytes, tree_bytes
-from pipeline.interop.mmaction import import_rawframes
 from pipeline.storage import locks, ownership
 from pipeline.storage import store as stores
 from pipeline.storage.tables import read_table, write_table
@@ -22,6 +21,7 @@ from schemas.params import DecodeParams, FlowParams, ProbeParams
 from schemas.tables import VIDEOS
 from stages import decode as decode_stage
 from stages import flow as flow_stage
+from stages import import_rawframes as import_stage
 from stages import probe as probe_stage
 
 
@@ -62,7 +62,7 @@ def test_a_folder_that_is_not_a_store_is_refused_by_every_writer_and_nothing_is_
     tree = tmp_path / "rawframes" / "v"
     tree.mkdir(parents=True)
     with pytest.raises(ownership.StoreRefused, match="is not this pipeline's store"):
-        import_rawframes(tree.parent, folder, tmp_path / "d", tmp_path / "f", DecodeParams(), FlowParams(), bound=None, fps=25.0,
+        import_stage.run(tree.parent, folder, tmp_path / "d", tmp_path / "f", DecodeParams(), FlowParams(), bound=None, fps=25.0,
                          scheduler="sync")  # fmt: skip
     nothing_written_beside(folder, before)
     # Only this pipeline's entries, but arrays no table of the project lists: still not this store.

@@ -23,14 +23,14 @@ def _keys(tree: dict) -> set[str]:
 
 
 # The schema's defaults are the paper's; params.yaml sizes the demo for 2 CPU cores. These keys, and
-# only these, differ (the README lists them with the paper's values).
+# only these, differ (docs/results.md lists them with the paper's values).
 DEMO_SIZED = {"flow.method", "dataset.crop_size", "dataset.cache_mb", "dataset.color_jitter_p", "dataset.grayscale_p",
               "dataset.blur_p", "dataset.crop_scale", "dataset.flow_camera", "train.head_bn", "train.encoder", "train.flow_width_ratio", "train.flow_blocks", "train.local_dim",
               "train.queue_size", "train.temperature", "train.key_momentum", "train.batch_size", "train.epochs",
               "train.lr", "train.warmup_epochs", "train.checkpoint_every", "train.num_workers"}
 
 
-# The schema stores lossless; params.yaml stores as bench/storage.py chose (README: "Storage").
+# The schema stores lossless; params.yaml stores as bench/storage.py chose (docs/storage.md).
 STORAGE = {"decode.codec", "decode.quality", "flow.precision", "sample.flow_grid"}
 
 

@@ -125,7 +125,7 @@ def test_inspect_index_for_people_and_scripts(flowed, tmp_path):
     assert [r["end"] for r in records] == ["highest", "highest", "lowest", "lowest"] and records[0]["score"] >= records[1]["score"]
     missing = runner.invoke(cli.app, ["inspect-index", "--index", str(tmp_path), "--video", "nope"])
     assert missing.exit_code == 1 and "no clips for video 'nope'" in missing.output
-    # The README's one-liners.
+    # The one-liners of docs/storage.md, "Reading the outputs".
     assert len(pd.read_parquet(tmp_path / "clips.parquet").query("selected")) == read_table(tmp_path / "clips.parquet").to_pandas().selected.sum()
 
 

@@ -61,5 +61,5 @@ def test_scan_without_following_links(tmp_path):
 
 
 def test_missing_root_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="set data.videos"):
+    with pytest.raises(FileNotFoundError, match="videos root .* is not a folder"):
         scan_videos(tmp_path / "nope", [".mp4"])

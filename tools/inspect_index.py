@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.storage.tables import table_metadata
+from pipeline.storage.tables import read_table, table_metadata
 from schemas.errors import MissingInputError
 
 
@@ -26,8 +26,8 @@ def load(folder: str | Path) -> IndexView:
         if not (folder / name).exists():
             raise MissingInputError(f"{folder / name} does not exist; run `python cli.py sample` (or dvc repro) first")
     return IndexView(
-        clips=pd.read_parquet(folder / "clips.parquet"),
-        frames=pd.read_parquet(folder / "frames.parquet"),
+        clips=read_table(folder / "clips.parquet").to_pandas(),
+        frames=read_table(folder / "frames.parquet").to_pandas(),
         params=table_metadata(folder / "clips.parquet").get("params", {}),
     )
 

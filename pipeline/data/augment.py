@@ -7,7 +7,7 @@ torchvision (`resized_crop`, `hflip`, `ColorJitter`, `RandomGrayscale`, `Gaussia
 comes from torchvision's own `RandomResizedCrop.get_params`.
 
 torchvision's random transforms draw from the process-wide torch generator and take no generator of
-their own. `augment_view` therefore runs them in a forked RNG seeded by the caller, so a view's
+their own. `ViewAugment` therefore runs them in a forked RNG seeded by the caller, so a view's
 augmentation depends on its seed only: never on the worker, on what ran before, or on the caller's
 RNG, which is left untouched. The crop box and the flip are drawn first (the flip's number even when
 its probability is 0 or 1), so switching a transform on or off never moves a view's geometry.

@@ -36,14 +36,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import zarr
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from pipeline.data.augment import FRA_ANGLES, ViewAugment, rotate_vectors
 from pipeline.storage.store import CorruptChunkError, StoredArray, open_stored
-from pipeline.storage.tables import check_paths
+from pipeline.storage.tables import read_table
 from schemas import store as layout
 from schemas.batch import SAMPLE, VIEWS
 from schemas.errors import MissingInputError
@@ -54,15 +53,6 @@ from schemas.tables import CLIP_INDEX
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 log = logging.getLogger(__name__)
-
-
-def _read_parquet(path: str | Path):
-    if "://" in str(path):
-        import fsspec
-
-        with fsspec.open(str(path), "rb") as handle:
-            return pq.read_table(handle)
-    return pq.read_table(path)
 
 
 @dataclass(frozen=True)
@@ -82,10 +72,9 @@ class ClipIndex:
         clip whose frames all exist. Only complete clips are ever used: the tail starts that the
         authors' convention ranks (and may select) have no whole clip."""
         try:
-            table = _read_parquet(path)
-        except FileNotFoundError:
-            raise MissingInputError(f"{path}: no clip index; run the sample stage (python cli.py sample)") from None
-        check_paths(str(path), table)  # its ids name arrays in the store
+            table = read_table(path)  # its ids name arrays in the store: checked there
+        except MissingInputError:
+            raise MissingInputError(f"{path}: no clip index; run the sample stage") from None
         missing = set(CLIP_INDEX.names) - set(table.column_names) - {"complete"}  # indexes before it held complete clips only
         if missing:
             raise ValueError(f"{path}: not a clip index, columns {sorted(missing)} are missing")
@@ -116,9 +105,12 @@ class ClipIndex:
         """The videos with at least one allowed start, sorted."""
         return list(self.allowed)
 
-    def snap(self, video_id: str, target: int) -> int:
-        """The allowed start of `video_id` nearest to `target` (ties: the earlier one)."""
+    def snap(self, video_id: str, target: int, rule: str = "nearest") -> int:
+        """The allowed start of `video_id` nearest to `target` (ties: the earlier one); with `rule`
+        "release", the start the authors' release picks (`release_snap`)."""
         allowed = self.allowed[video_id]
+        if rule == "release":
+            return release_snap(allowed, target)
         i = int(np.searchsorted(allowed, target))
         if i == 0:
             return int(allowed[0])
@@ -126,6 +118,19 @@ class ClipIndex:
             return int(allowed[-1])
         before, after = int(allowed[i - 1]), int(allowed[i])
         return before if target - before <= after - target else after
+
+
+def release_snap(allowed: Sequence[int], target: int) -> int:
+    """View 2's start as the MSCL release picks it (mmaction/datasets/pipelines/loading_mscl.py:233-241
+    at 0b080e5): starting from 0, each selected start in ascending order replaces the choice when the
+    target is strictly nearer to it than the choice is to it. Not the nearest start: with [10, 20, 30],
+    12 gives 20, 25 gives 30, and a target at or below 0 or at least twice the last start (-3, 60)
+    gives 0, selected or not (50 gives 30)."""
+    chosen = 0
+    for start in allowed:
+        if abs(int(start) - target) < abs(int(start) - chosen):
+            chosen = int(start)
+    return chosen
 
 
 def chunk_runs(spans: Sequence[slice], chunk: int) -> list[tuple[int, int, list[int]]]:
@@ -296,9 +301,8 @@ class MSCLClips(IterableDataset):
                 return self.sample(int(items[(position + offset) % len(items)]), position, True)
             except CorruptChunkError as exc:
                 self._note_damaged(exc, count=False)
-        raise CorruptChunkError(f"{first}; and the next {self.REPLACEMENT_TRIES} items of the epoch are damaged too: "
-                                f"re-run the stages that wrote the store (python cli.py decode --verify, extract-flow --verify)",
-                                first.video_id)
+        raise CorruptChunkError(f"{first.args[0]}; and the next {self.REPLACEMENT_TRIES} items of the epoch are damaged too",
+                                first.video_id, first.group, first.imported)
 
     def _note_damaged(self, exc: CorruptChunkError, count: bool = True) -> None:
         if count:
@@ -359,7 +363,7 @@ class MSCLClips(IterableDataset):
             start1 = int(allowed[rng.integers(len(allowed))])
         else:
             video_id, start1 = str(self.index.video_ids[item]), int(self.index.starts[item])
-        start2 = self.index.snap(video_id, start1 + int(rng.integers(-p.view2_window, p.view2_window + 1)))
+        start2 = self.index.snap(video_id, start1 + int(rng.integers(-p.view2_window, p.view2_window + 1)), p.view2_snap)
         angle = FRA_ANGLES[int(rng.integers(len(FRA_ANGLES)))]
         return video_id, (start1, start2), angle, [int(x) for x in rng.integers(0, 2**63 - 1, size=VIEWS)]
 
@@ -418,7 +422,7 @@ class MSCLClips(IterableDataset):
         if key in self._arrays:
             self._arrays.move_to_end(key)
             return self._arrays[key]
-        stage = "decode" if group == layout.FRAMES_GROUP else "flow (python cli.py extract-flow)"
+        stage = "decode" if group == layout.FRAMES_GROUP else "flow"
         array = open_stored(f"{self.store}/{group}/{video_id}", group, video_id, stage)
         self._arrays[key] = array
         if len(self._arrays) > self.OPEN_ARRAYS:

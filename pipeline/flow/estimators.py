@@ -208,14 +208,14 @@ class RAFT:
         if weights != "torchvision":
             path = Path(weights).expanduser()
             if not path.is_file():
-                raise RaftWeightsMissing(f"RAFT weights file {path} does not exist (flow.raft_*.weights)")
+                raise RaftWeightsMissing(f"RAFT weights file {path} does not exist")
             return path
         path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
         if not path.is_file():
             raise RaftWeightsMissing(
                 f"RAFT weights are not in torchvision's cache ({path}) and are never downloaded at run time. "
-                f"Download {url} on a machine with internet access and either copy it to {path} or set "
-                "flow.raft_small.weights (or raft_large) to its path in params.yaml"
+                f"Download {url} on a machine with internet access and either copy it to {path} or give its path as the "
+                "weights"
             )
         return path
 

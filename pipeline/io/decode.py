@@ -23,7 +23,12 @@ class DecodeError(RuntimeError):
 
 
 class TooLarge(DecodeError):
-    """A video whose frames do not fit the memory a decode may use; the message says what to set."""
+    """A video whose frames do not fit the memory a decode may use. `needed_mib`: what writing it
+    would take (None: the machine refused a block the budget allowed)."""
+
+    def __init__(self, message: str, needed_mib: int | None = None) -> None:
+        super().__init__(message)
+        self.needed_mib = needed_mib
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,7 @@ def read_plan(frame_bytes: int, shard_frames: int, budget_bytes: int) -> ReadPla
         mib = 2**20
         needed = -(-(shard + 3 * frame_bytes) // mib)
         raise TooLarge(f"a frame takes {frame_bytes / mib:.1f} MiB, and writing a shard of {shard_frames} frames needs about "
-                       f"{needed:,} MiB, more than the {budget_bytes // mib:,} MiB a decode may use: set decode.short_side "
-                       f"(e.g. 128), lower decode.shard_frames, or raise decode.memory_mb to {needed:,} if the machine has it")  # fmt: skip
+                       f"{needed:,} MiB, more than the {budget_bytes // mib:,} MiB a decode may use", needed)  # fmt: skip
     block = max(1, min(32, spare // 18))
     return ReadPlan(block_frames=block, read_ahead=max(1, min(16, spare // block - 2)))
 
@@ -135,7 +139,7 @@ def iter_frame_blocks(
                 if isinstance(data, MemoryError):
                     raise TooLarge(f"{path}: out of memory reading FFmpeg's output in blocks of {plan.block_frames} frames of "
                                    f"{spec.width}x{spec.height} ({frame_bytes * plan.block_frames / 2**20:,.0f} MiB): this machine "
-                                   f"gives less than decode.memory_mb says; lower it, or set decode.short_side")  # fmt: skip
+                                   f"gives less than the memory budget says")  # fmt: skip
                 if isinstance(data, BaseException):
                     raise DecodeError(f"{path}: reading FFmpeg's output failed: {data}")
                 if len(data) % frame_bytes:

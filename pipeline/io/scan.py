@@ -112,7 +112,7 @@ def scan_videos(root: str | Path, extensions: list[str] | tuple[str, ...], *, fo
     (symlinks as `walk_files` treats them)."""
     root = Path(root)
     if not root.is_dir():
-        raise MissingInputError(f"videos root {root} is not a directory (set data.videos in params.yaml)")
+        raise MissingInputError(f"videos root {root} is not a folder")
     wanted = {ext.lower() for ext in extensions}
     files, skipped = walk_files(root, lambda name: Path(name).suffix.lower() in wanted, follow_symlinks=follow_symlinks)
     return ScanResult([FoundVideo(f.path, f.relpath, video_id(f.relpath)) for f in files], skipped)

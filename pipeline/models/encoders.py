@@ -125,6 +125,12 @@ class FlowResNet(ResNet3d):
         return super().stages(x)
 
 
+def pooled(stages: list[torch.Tensor]) -> torch.Tensor:
+    """The last stage's output averaged over time and space (B, C): the clip's feature for the
+    projection head, retrieval, the linear probe and fine-tuning."""
+    return stages[-1].mean(dim=(2, 3, 4))
+
+
 def projection_head(dim: int, out: int = 128, batch_norm: bool = False) -> nn.Sequential:
     """MoCo v2's head, Linear(d, d) - ReLU - Linear(d, out), optionally with batch norm after the first layer."""
     norm = [nn.BatchNorm1d(dim)] if batch_norm else []
@@ -167,13 +173,9 @@ class Encoder(nn.Module):
         """The backbone alone, for fine-tuning elsewhere: r3d_18's loads strictly into torchvision's."""
         return {k: v.detach().clone() for k, v in exported_module(self.backbone).state_dict().items()}
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled last stage (B, widths[-1]): what retrieval and fine-tuning use."""
-        return self.backbone.stages(x)[-1].mean(dim=(2, 3, 4))
-
     def forward(self, x: torch.Tensor, local: bool = False):
         stages = self.backbone.stages(x)
-        embedding = self.head(stages[-1].mean(dim=(2, 3, 4)))
+        embedding = self.head(pooled(stages))
         if not local:
             return embedding, None
         if self.local is None:

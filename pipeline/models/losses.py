@@ -1,4 +1,4 @@
-"""MSCL's losses as small pure functions, with thin modules around them (../shared/MSCL.md, 1-2).
+"""MSCL's losses as small pure functions (../shared/MSCL.md, 1-2).
 
 - `info_nce`: MoCo's clip-level loss. A query's positive is its key; its negatives are a queue of
   past keys. Used for RGB-RGB, flow-flow, rotated flow, and across modalities.
@@ -6,7 +6,7 @@
   flow feature at the same t of the same clip; the negatives are the other time steps of that
   flow and every time step of the same clip's rotated flow (FRA): same appearance, wrong motion.
 
-All inputs are L2-normalised by the caller or here (`normalise=True`); the functions never read or
+All inputs are L2-normalised by the caller (pipeline/models/mscl.py); the functions never read or
 change a queue, so which keys a queue holds is decided in one place (`pipeline.models.mscl`). They compute
 in float32 even under autocast.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -62,20 +61,3 @@ def float32(like: torch.Tensor):
     return torch.autocast(like.device.type, enabled=False)
 
 
-class InfoNCE(nn.Module):
-    def __init__(self, temperature: float = 0.07):
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
-        return info_nce(F.normalize(query, dim=1), F.normalize(key, dim=1), queue, self.temperature)
-
-
-class LMCL(nn.Module):
-    def __init__(self, temperature: float = 0.07):
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(self, rgb: torch.Tensor, flow: torch.Tensor, flow_rotated: torch.Tensor | None = None) -> torch.Tensor:
-        rotated = None if flow_rotated is None else F.normalize(flow_rotated, dim=1)
-        return lmcl(F.normalize(rgb, dim=1), F.normalize(flow, dim=1), rotated, self.temperature)

@@ -9,8 +9,10 @@ One step, per batch of two views (1, 2) of each video:
 - cross-modal: RGB query against flow key and flow query against RGB key, then the same with the
   rotated flow (FRA), negatives from the key's modality's queue;
 - LMCL on each query view: RGB's time-keeping features against the same view's flow and rotated flow.
-Every loss reads the queues as they were before this step; the step's keys are pushed only after
-(the authors' release reads the flow queue after pushing, so a positive is among its negatives).
+Every loss reads the queues as they were before this step; the step's keys are pushed only after.
+(The authors' release reads the flow queue after pushing this step's base-flow keys for its
+RGB->flow terms, where a positive is then among its negatives, and for the rotated flow-flow and
+RGB->rotated-flow terms: docs/differences.md.)
 
 Batch norm sees `bn_splits` parts of a batch at a time, as MoCo's split BN stands in for one GPU's
 batch each on one device: queries in their order, keys after a random permutation ("shuffled BN"),

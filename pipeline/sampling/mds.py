@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.flow.colour import normalised_colours
+from pipeline.flow.stats import motion_map
 from pipeline.sampling.clips import round_significant
 from schemas.params import MDS_CONVENTIONS
 
@@ -39,23 +40,6 @@ Convention = Literal["pipeline", "authors"]
 SCORING_VERSION = 2  # bump when the scores change for the same flow and params (stored scores are then recomputed)
 AUTHORS_EPSILON = 1e-5  # RAFT's flow_viz.flow_to_image: flow / (largest vector + 1e-5)
 PIPELINE_EPSILON = float(np.finfo(np.float32).eps)  # torchvision's flow_to_image
-
-def motion_map(flow: torch.Tensor, border: Literal["reflect", "replicate"] = "reflect") -> torch.Tensor:
-    """(N, 2, H, W) -> (N, H, W): sqrt of the summed squared Sobel derivatives of u and v.
-
-    The 3x3 Sobel kernels as shifted slices (the kernel is separable): several times faster on a CPU
-    than a conv2d with such small kernels. `border`: "reflect" is cv2.Sobel's default (reflect-101:
-    the edge pixel is the mirror); "replicate" is scipy.ndimage.sobel's "reflect" (half-sample
-    symmetric: for a one-pixel border, the edge pixel repeated)."""
-    p = F.pad(flow, (1, 1, 1, 1), mode=border)
-    right, left = p[..., 2:], p[..., :-2]
-    horizontal = right - left  # [-1, 0, 1] along x, every row
-    dx = horizontal[..., :-2, :] + 2 * horizontal[..., 1:-1, :] + horizontal[..., 2:, :]
-    down, up = p[..., 2:, :], p[..., :-2, :]
-    vertical = down - up  # [-1, 0, 1] along y, every column
-    dy = vertical[..., :-2] + 2 * vertical[..., 1:-1] + vertical[..., 2:]
-    return (dx.square() + dy.square()).sum(dim=1).sqrt()
-
 
 def attention(motion: torch.Tensor, block: int = BLOCK, *, partial_blocks: bool = True) -> torch.Tensor:
     """(N, H, W) motion maps -> (N, H, W) attention in [0, 1]: block means, upsampled, over the max.

@@ -1,7 +1,7 @@
 """Files that survive a kill, and a power loss: atomic replacement, sets of files replaced together,
 fsync, and the sweep of what a killed run leaves.
 
-What is promised (README, "What is promised under power loss"):
+What is promised (docs/reliability.md, "What is promised under power loss"):
 
 - A kill (SIGKILL, OOM, Ctrl-C) at any moment loses nothing finished: every output file is written
   to a temporary sibling `.<name>.<random>.tmp` and renamed over its name (`atomic_write_bytes`), so

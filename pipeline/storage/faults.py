@@ -15,6 +15,7 @@ import errno
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from schemas.errors import UserError
 
@@ -25,14 +26,29 @@ ALWAYS_ENVIRONMENT = SPACE_ERRNOS | {errno.EROFS}
 PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 
+# How to repair a damaged array of a group ("frames", "flow/<method>"; `imported`: written by an
+# import), as the layer above the library phrases it: stages/common.py installs the command line's.
+# The library names no command; without a hint its messages end at the damage.
+repair_hint: Callable[[str, bool], str] | None = None
+
+
 class CorruptChunkError(UserError, ValueError):
     """Stored data that does not read back (pipeline/storage/store.py); the message names the video, the
-    array and the chunk, and `video_id` is the video's. A fault of that video's data: its stage
-    records it and goes on."""
+    array and the chunk; `video_id`, `group` and `imported` say whose. A fault of that video's data:
+    its stage records it and goes on. Shown, it ends with how to repair it (`repair_hint`)."""
 
-    def __init__(self, message: str, video_id: str | None = None) -> None:
+    def __init__(self, message: str, video_id: str | None = None, group: str | None = None, imported: bool = False) -> None:
         super().__init__(message)
-        self.video_id = video_id
+        self.video_id, self.group, self.imported = video_id, group, imported
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if repair_hint is None or self.group is None:
+            return message
+        return f"{message}; repair: {repair_hint(self.group, self.imported)}"
+
+    def __reduce__(self):  # across processes (dask) with its fields
+        return (type(self), (self.args[0], self.video_id, self.group, self.imported))
 
 
 class EnvironmentFault(UserError, RuntimeError):

@@ -204,24 +204,6 @@ def _delete_finished(store: str | Path, group: str, name: str) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def recode_flow(store: str | Path, group: str, name: str, precision: float, attrs: dict[str, Any]) -> None:
-    """Rewrite a finished float16 flow array as fixed point at `precision`, shard by shard,
-    atomically; `attrs` replace its attributes. The same bytes as writing it so at once."""
-    source = open_finished(store, group, name, "flow")
-    shards = source.shards or source.chunks
-    tmp = create_partial(store, group, name, shape=source.shape, dtype=layout.FLOW_FIXED_DTYPE, chunks=source.chunks,
-                         shards=shards, axes=layout.FLOW_AXES, codec_chain=codecs.flow_codecs(precision))  # fmt: skip
-    try:
-        target = open_partial(tmp)
-        for start in range(0, source.shape[0], shards[0]):
-            block = source[start : start + shards[0]]
-            target[start : start + len(block)] = codecs.to_fixed(block, precision)
-        kept = {key: value for key, value in attrs.items() if key != "num_frames"}
-        publish(store, group, name, tmp, {**kept, **layout.fixed_point_attrs(precision)})
-    finally:
-        discard_partial(tmp)
-
-
 def discard_partial(partial: str | Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
 
@@ -333,9 +315,8 @@ def open_stored(where: str, group: str, name: str, stage: str) -> StoredArray:
 
 
 def damaged(message: str, group: str, video_id: str, *, imported: bool = False) -> CorruptChunkError:
-    """The error for damage found in the array `group/video_id`: `message`, then the command that
-    rewrites it (schemas/store.py), so the one who reads it knows what to run."""
-    return CorruptChunkError(f"{message}; repair: {layout.repair_command(group, imported=imported)}", video_id)
+    """The error for damage found in the array `group/video_id` (shown with how to repair it)."""
+    return CorruptChunkError(message, video_id, group, imported)
 
 
 def _imported(attrs: dict[str, Any]) -> bool:

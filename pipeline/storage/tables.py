@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -58,12 +59,20 @@ def write_table(
 
 
 def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
-    """Read a table; with `schema`, check it has exactly those columns."""
-    path = Path(path)
-    recover(path.parent)  # a set of tables committed by a run killed before it was done: finish it
-    if not path.exists():
-        raise MissingInputError(f"{path} does not exist; run the stage that writes it first")
-    table = pq.read_table(path)
+    """Read a table, from a local path or an fsspec URL (s3://...); with `schema`, check it has
+    exactly those columns. Its ids, relpaths and class names are checked (`check_paths`)."""
+    if "://" in str(path):
+        try:
+            with fsspec.open(str(path), "rb") as handle:
+                table = pq.read_table(handle)
+        except FileNotFoundError:
+            raise MissingInputError(f"{path} does not exist; run the stage that writes it first") from None
+    else:
+        path = Path(path)
+        recover(path.parent)  # a set of tables committed by a run killed before it was done: finish it
+        if not path.exists():
+            raise MissingInputError(f"{path} does not exist; run the stage that writes it first")
+        table = pq.read_table(path)
     if schema is not None and table.schema.names != schema.names:
         raise ValueError(f"{path}: columns {table.schema.names} differ from the declared {schema.names}; re-run its stage")
     check_paths(str(path), table)
