@@ -433,6 +433,10 @@ class TrainParams(Section):
     threads: int = Field(0, ge=0, description="torch threads per rank; 0: the cores this process may use "
                          "(os.sched_getaffinity, so taskset/cgroups apply) shared among the ranks on this machine")
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
+    log_every: int = Field(10, ge=1, description="steps between reading the losses back from the device (every "
+                           "step is still logged: the values wait on the device); each read waits for the GPU")
+    deterministic: bool = Field(True, description="CUDA: cuDNN's deterministic algorithms, so a resumed run repeats "
+                                "its steps; false lets cuDNN time and pick the fastest (benchmark mode)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 

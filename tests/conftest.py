@@ -155,6 +155,23 @@ def fixture_flowed(fixture_dir, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def fixture_index(fixture_flowed, tmp_path_factory):
+    """The fixture's clip index (default sample params: 25 selected clips of 8 frames, stride 4)."""
+    from schemas.params import SampleParams
+    from stages import sample as sample_stage
+
+    out = tmp_path_factory.mktemp("index")
+    sample_stage.run(SampleParams(), fixture_flowed / "flow", fixture_flowed / "store.zarr", out, scheduler="sync")
+    return out / "clips.parquet"
+
+
+@pytest.fixture(scope="module")
+def store(fixture_flowed):
+    """The fixture's store: its five videos' frames and DIS flow."""
+    return fixture_flowed / "store.zarr"
+
+
 @pytest.fixture(scope="session")
 def demo_sampled(tmp_path_factory) -> Path:
     """A small demo dataset (6 classes x 2 videos, 40 frames) through every data stage with DIS flow:

@@ -16,32 +16,19 @@ from torchvision.transforms.v2 import functional as F
 
 from pipeline.data import synth
 from pipeline.data.augment import FRA_ANGLES, rotate_vectors
-from pipeline.data.dataset import ClipIndex, ClipLoader, MSCLClips, chunk_runs, release_snap, to_device
+from pipeline.data.dataset import ClipIndex, ClipLoader, MSCLClips, chunk_runs, release_snap
+from pipeline.data.feed import DeviceFeed
 from pipeline.storage.arrays import recode_flow
 from pipeline.storage.store import StoredArray, open_flow, open_frames
 from pipeline.storage.tables import read_table
 from schemas import store as layout
 from schemas.batch import SAMPLE
-from schemas.params import DatasetParams, SampleParams
-from stages import sample as sample_stage
+from schemas.params import DatasetParams
 
 # Small crops and no colour work: these tests are about which pixels and vectors arrive, not speed.
 # An item is a clip of the index unless a test says otherwise.
 FAST = DatasetParams(crop_size=24, color_jitter_p=0, grayscale_p=0, blur_p=0, epoch="per_clip")
 EXACT = FAST.model_copy(update={"flow_norm": "none"})
-
-
-@pytest.fixture(scope="module")
-def fixture_index(fixture_flowed, tmp_path_factory):
-    """The fixture's clip index (default sample params: 25 selected clips of 8 frames, stride 4)."""
-    out = tmp_path_factory.mktemp("index")
-    sample_stage.run(SampleParams(), fixture_flowed / "flow", fixture_flowed / "store.zarr", out, scheduler="sync")
-    return out / "clips.parquet"
-
-
-@pytest.fixture(scope="module")
-def store(fixture_flowed):
-    return fixture_flowed / "store.zarr"
 
 
 def make(index, store, params=FAST, **kwargs):
@@ -178,14 +165,15 @@ def test_same_seed_and_epoch_give_the_same_batches_whatever_the_workers(fixture_
 
 def test_workers_persist_across_epochs_and_follow_the_epoch_the_main_process_is_in(fixture_index, store):
     """A per-video epoch of a small dataset is a few batches; workers started afresh each epoch would
-    lose their caches every few steps. Persistent workers must still play each epoch's own plan."""
+    lose their caches every few steps, and idle at every epoch's end. The loader's one stream runs
+    on from epoch to epoch in the same workers, and still plays each epoch's own plan."""
     params = FAST.model_copy(update={"epoch": "per_video"})
     in_process, pooled = make(fixture_index, store, params), make(fixture_index, store, params)
     plain, persistent = ClipLoader(in_process, 2), ClipLoader(pooled, 2, num_workers=2)
     workers = []
     for epoch in range(3):
         batches = list(persistent)
-        workers.append([w.pid for w in persistent.loader._iterator._workers])
+        workers.append([w.pid for w in persistent._stream._workers])
         same_batches(list(plain), batches)
         assert pooled.epoch == in_process.epoch == epoch + 1
     assert workers[0] == workers[1] == workers[2]  # the same two processes throughout
@@ -276,13 +264,14 @@ def warp_error(frame_a, frame_b, flow, margin=6):
     return float(np.abs(warped.astype(np.float32) - frame_a.astype(np.float32))[margin:-margin, margin:-margin].mean())
 
 
-def test_augmented_flow_still_moves_each_augmented_frame_onto_the_next(fixture_flowed, store):
+@pytest.mark.parametrize("batched", [False, True], ids=["by_view", "batched"])
+def test_augmented_flow_still_moves_each_augmented_frame_onto_the_next(fixture_flowed, store, batched):
     """With stride 1 a view holds consecutive frames, so flow j must carry RGB frame j to RGB frame
     j+1 after crop, resize and flip; with u not negated, or the flow of another pair, it must not."""
     vid = video_id(fixture_flowed, "object_on_pan.mp4")
     index = ClipIndex(np.array([vid], dtype=object), np.array([4]), {vid: np.array([4])}, clip_len=6, stride=1)
     params = EXACT.model_copy(update={"crop_size": 96, "crop_scale": (0.6, 0.6), "flip": 1.0, "view2_window": 0})
-    sample = MSCLClips(index, store, "dis", params).sample(0)
+    sample = MSCLClips(index, store, "dis", params).sample(0, batched=batched)
     assert sample["flip"].all()
     rgb = sample["rgb"][0].permute(1, 2, 3, 0).numpy()  # (T, H, W, 3)
     flow = sample["flow"][0].permute(1, 2, 3, 0).float().numpy()  # (T, H, W, 2)
@@ -293,7 +282,8 @@ def test_augmented_flow_still_moves_each_augmented_frame_onto_the_next(fixture_f
         assert right < 0.6 * still and right < 0.6 * unflipped_u, (j, right, unflipped_u, still)
 
 
-def test_crop_and_resize_scale_flow_as_the_ground_truth_says(fixture_flowed, fixture_dir, store):
+@pytest.mark.parametrize("batched", [False, True], ids=["by_view", "batched"])
+def test_crop_and_resize_scale_flow_as_the_ground_truth_says(fixture_flowed, fixture_dir, store, batched):
     """A tall crop resized to a square stretches x and y differently: the flow must follow the
     ground truth's motion transformed the same way (an independent cv2 crop and resize of it)."""
     vid = video_id(fixture_flowed, "global_pan.avi")
@@ -301,7 +291,7 @@ def test_crop_and_resize_scale_flow_as_the_ground_truth_says(fixture_flowed, fix
     scale = open_frames(store, vid).attrs["scale"]
     index = ClipIndex(np.array([vid], dtype=object), np.array([2]), {vid: np.array([2])}, clip_len=8, stride=4)
     params = EXACT.model_copy(update={"crop_size": 48, "crop_scale": (0.3, 0.3), "crop_ratio": (0.5, 0.5), "flip": 0.0})
-    sample = MSCLClips(index, store, "dis", params).sample(0)
+    sample = MSCLClips(index, store, "dis", params).sample(0, batched=batched)
     top, left, h, w = sample["crop"][0].tolist()
     assert w / h == pytest.approx(0.5, rel=0.05)  # resize factors 48/w and 48/h differ by 2x
     for j in range(8):
@@ -313,11 +303,12 @@ def test_crop_and_resize_scale_flow_as_the_ground_truth_says(fixture_flowed, fix
     assert abs(np.median(gt[..., 0]) / np.median(gt[..., 1])) > 3  # x stretched 4x as much as y relative to the source ratio
 
 
-def test_rotated_flow_is_the_flow_turned_by_the_sample_angle(fixture_index, store):
+@pytest.mark.parametrize("batched", [False, True], ids=["by_view", "batched"])
+def test_rotated_flow_is_the_flow_turned_by_the_sample_angle(fixture_index, store, batched):
     dataset = make(fixture_index, store, FAST)
     angles = set()
     for item in range(len(dataset.index)):
-        sample = dataset.sample(item)
+        sample = dataset.sample(item, batched=batched)
         angle = float(sample["angle"])
         assert any(angle == pytest.approx(a) for a in FRA_ANGLES)
         angles.add(round(angle, 4))
@@ -333,16 +324,15 @@ def test_rotated_flow_is_the_flow_turned_by_the_sample_angle(fixture_index, stor
 def test_dataloader_with_two_workers_runs_a_full_epoch_on_the_demo(demo_sampled):
     dataset = MSCLClips(demo_sampled / "sample" / "clips.parquet", demo_sampled / "store.zarr", "dis",
                         DatasetParams(crop_size=64, epoch="per_clip"))  # fmt: skip
-    batches = run_epoch(dataset, batch_size=8, num_workers=2)
+    batches = list(DeviceFeed(ClipLoader(dataset, 8, num_workers=2), "cpu"))
     items = torch.cat([b["item"] for b in batches]).tolist()
     assert sorted(items) == list(range(len(dataset.index))) and len(dataset.index) > 40
     assert {vid for b in batches for vid in b["video_id"]} == set(dataset.index.allowed)  # every video
-    for batch in batches:
-        assert batch["rgb"].dtype == torch.uint8 and batch["rgb"].shape[1:] == (2, 3, 8, 64, 64)
-        assert torch.isfinite(batch["flow"].float()).all() and torch.isfinite(batch["flow_rot"].float()).all()
-    moved = to_device(batches[0], "cpu")
-    assert moved["rgb"].dtype == torch.float32 and moved["flow"].dtype == torch.float32
-    assert -3 < moved["rgb"].mean() < 3 and moved["video_id"] == batches[0]["video_id"]
+    for batch in batches:  # augmented on the device (here the CPU), ready for the model
+        assert batch["rgb"].dtype == torch.float32 and batch["rgb"].shape[1:] == (2, 3, 8, 64, 64)
+        assert -3 < batch["rgb"].mean() < 3
+        assert batch["flow"].dtype == torch.float32 and batch["flow"].shape[1:] == (2, 2, 8, 64, 64)
+        assert torch.isfinite(batch["flow"]).all() and torch.isfinite(batch["flow_rot"]).all()
 
 
 def test_store_through_an_fsspec_url_gives_the_same_batches(fixture_index, store):

@@ -7,10 +7,16 @@ torchvision (`resized_crop`, `hflip`, `ColorJitter`, `RandomGrayscale`, `Gaussia
 comes from torchvision's own `RandomResizedCrop.get_params`.
 
 torchvision's random transforms draw from the process-wide torch generator and take no generator of
-their own. `ViewAugment` therefore runs them in a forked RNG seeded by the caller, so a view's
-augmentation depends on its seed only: never on the worker, on what ran before, or on the caller's
-RNG, which is left untouched. The crop box and the flip are drawn first (the flip's number even when
-its probability is 0 or 1), so switching a transform on or off never moves a view's geometry.
+their own. `ViewAugment.draw` therefore draws a view's choices (`ViewDraws`: crop box, flip, colour
+jitter order and factors, grayscale, blur sigma) in a forked RNG seeded by the caller, through the
+transforms' own `get_params`/`make_params` in the order torchvision's `Compose` of them draws, so a
+view's augmentation depends on its seed only: never on the worker, on what ran before, or on the
+caller's RNG, which is left untouched. The crop box and the flip are drawn first (the flip's number
+even when its probability is 0 or 1), so switching a transform on or off never moves a view's geometry.
+
+The draws are small and travel with the stored-resolution clips; `ViewAugment.apply` applies them to
+one view with torchvision's kernels (the per-sample path), and `pipeline/data/batch_augment.py`
+applies a whole batch's at once on the training device (the path the trainer takes).
 
 Layouts: RGB (T, 3, H, W) uint8 and flow (T, 2, H, W) float, time first as torchvision expects for
 video; the dataset moves channels first at the end.
@@ -29,6 +35,22 @@ from schemas.params import CAMERA_COMPENSATIONS, FLOW_NORMS, DatasetParams
 
 # FRA angles: b = (0.2 + 0.2k) * pi for k in 0..7 (36 to 288 degrees; never 0, so never the identity).
 FRA_ANGLES = tuple((0.2 + 0.2 * k) * math.pi for k in range(8))
+
+
+COLOUR_OPS = ("brightness", "contrast", "saturation", "hue")  # ColorJitter's fn_idx 0..3
+
+
+@dataclass(frozen=True)
+class ViewDraws:
+    """Every random choice of one view's augmentation. `jitter` is None when colour jitter was not
+    drawn, else (order of the four ops as ColorJitter's fn_idx, and each op's factor, None for an op
+    the params switch off); `blur_sigma` is 0 when no blur was drawn."""
+
+    box: tuple[int, int, int, int]  # top, left, height, width in stored pixels
+    flipped: bool
+    jitter: tuple[tuple[int, int, int, int], tuple[float | None, ...]] | None
+    grayscale: bool
+    blur_sigma: float
 
 
 @dataclass(frozen=True)
@@ -72,14 +94,14 @@ def normalise_flow(flow: torch.Tensor, mode: str, bound: float = 20.0) -> torch.
     """max_magnitude (and frame_max_magnitude, which the caller applies to the whole frame before
     cropping): each frame divided by its largest vector's length, so every frame's longest vector
     has length 1 and a still frame stays 0; fixed: divided by `bound` and clipped to [-1, 1]; none:
-    pixels of the output crop. Flow (T, 2, H, W)."""
+    pixels of the output crop. Flow (..., T, 2, H, W)."""
     if mode == "none":
         return flow
     if mode == "fixed":
         return (flow / bound).clamp_(-1.0, 1.0)
     if mode in ("max_magnitude", "frame_max_magnitude"):
-        top = flow.square().sum(1).sqrt().amax(dim=(1, 2)).clamp_min(1e-6)
-        return flow / top.view(-1, 1, 1, 1)
+        top = flow.square().sum(-3).sqrt().amax(dim=(-2, -1)).clamp_min(1e-6)
+        return flow / top[..., None, None, None]
     raise ValueError(f"unknown flow normalisation {mode!r}; allowed: {', '.join(FLOW_NORMS)}")
 
 
@@ -87,12 +109,12 @@ def subtract_camera(flow: torch.Tensor, mode: str) -> torch.Tensor:
     """Flow (T, 2, H, W) without the camera's motion, as far as `mode` models it: "median" removes
     each frame's median vector (a pan, where the background covers most of the frame: TSN's warped
     flow in its simplest, translation-only form), taken over every 4th pixel in each direction (the
-    same pan, 20x faster than over every pixel); "none" keeps the flow as it is."""
+    same pan, 20x faster than over every pixel); "none" keeps the flow as it is. Any leading dims."""
     if mode == "none":
         return flow
     if mode == "median":
         flow = flow.float()
-        return flow - flow[..., ::4, ::4].flatten(2).median(dim=2).values[..., None, None]
+        return flow - flow[..., ::4, ::4].flatten(-2).median(dim=-1).values[..., None, None]
     raise ValueError(f"unknown camera compensation {mode!r}; allowed: {', '.join(CAMERA_COMPENSATIONS)}")
 
 
@@ -117,37 +139,70 @@ def seed_cpu(seed: int) -> None:
     torch.default_generator.manual_seed(seed)
 
 
+NEUTRAL_FACTORS = (1.0, 1.0, 1.0, 0.0)  # each colour op's factor that changes nothing
+
+
+def jitter_ops(params: DatasetParams) -> tuple[bool, bool, bool, bool]:
+    """Which of ColorJitter's four ops `params.color_jitter` switches on (a 0 switches one off)."""
+    jitter = v2.ColorJitter(*params.color_jitter)
+    return tuple(getattr(jitter, op) is not None for op in COLOUR_OPS)
+
+
+def blur_kernel_size(crop_size: int) -> int:
+    """The blur's kernel: about 10% of the crop, odd (MoCo v2 / SimCLR)."""
+    return max(3, int(0.1 * crop_size) // 2 * 2 + 1)
+
+
 class ViewAugment:
     """One view's augmentation under `DatasetParams`: crop box, flip, colour (RGB only), flow scaling."""
 
     def __init__(self, params: DatasetParams):
         self.params = params
-        size = params.crop_size
-        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # about 10% of the crop, odd (MoCo v2 / SimCLR)
         brightness, contrast, saturation, hue = params.color_jitter
-        self.colour = v2.Compose(
-            [
-                v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue)], p=params.color_jitter_p),
-                v2.RandomGrayscale(p=params.grayscale_p),
-                v2.RandomApply([v2.GaussianBlur(kernel, sigma=params.blur_sigma)], p=params.blur_p),
-            ]
-        )
+        self.jitter = v2.ColorJitter(brightness, contrast, saturation, hue)
+        self.blur = v2.GaussianBlur(blur_kernel_size(params.crop_size), sigma=params.blur_sigma)
+
+    def draw(self, seed: int, height: int, width: int) -> ViewDraws:
+        """The view's random choices for a stored frame of `height` x `width`: the numbers
+        torchvision's RandomResizedCrop, a flip, RandomApply(ColorJitter), RandomGrayscale and
+        RandomApply(GaussianBlur) would draw, in their order, from a generator seeded with `seed`."""
+        p = self.params
+        with torch.random.fork_rng(devices=[]):
+            seed_cpu(seed)
+            box = RandomResizedCrop.get_params(torch.empty(1).expand(1, height, width), list(p.crop_scale), list(p.crop_ratio))
+            flipped = bool(torch.rand(()) < p.flip)
+            jitter = None
+            if not torch.rand(1) >= p.color_jitter_p:  # RandomApply's test
+                made = self.jitter.make_params([])
+                jitter = (tuple(int(k) for k in made["fn_idx"]), tuple(made[f"{op}_factor"] for op in COLOUR_OPS))
+            grayscale = not torch.rand(1) >= p.grayscale_p  # RandomGrayscale's
+            sigma = float(self.blur.make_params([])["sigma"][0]) if not torch.rand(1) >= p.blur_p else 0.0
+        return ViewDraws(tuple(int(x) for x in box), flipped, jitter, grayscale, sigma)
+
+    def apply(self, rgb: torch.Tensor, flow: torch.Tensor | None, draws: ViewDraws):
+        """RGB (T, 3, H, W) uint8 and flow (T, 2, H, W) or None, augmented as `draws` say with
+        torchvision's kernels, one view at a time: the per-sample path."""
+        p = self.params
+        rgb = F.resized_crop(rgb, *draws.box, [p.crop_size, p.crop_size], antialias=True)
+        if flow is not None:
+            flow = view_flow(flow, draws.box, p.crop_size, p.flow_norm, p.flow_bound, p.flow_camera)
+        if draws.flipped:
+            rgb, flow = (F.hflip(rgb), None) if flow is None else hflip(rgb, flow)
+        if draws.jitter is not None:
+            order, factors = draws.jitter
+            kernels = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+            for k in order:
+                if factors[k] is not None:
+                    rgb = kernels[k](rgb, factors[k])
+        if draws.grayscale:
+            rgb = F.rgb_to_grayscale(rgb, num_output_channels=3)
+        if draws.blur_sigma > 0:
+            rgb = F.gaussian_blur(rgb, self.blur.kernel_size, [draws.blur_sigma, draws.blur_sigma])
+        return rgb, flow
 
     def __call__(self, rgb: torch.Tensor, flow: torch.Tensor | None, seed: int):
         """RGB (T, 3, H, W) uint8 and flow (T, 2, H, W) or None -> the augmented pair at the crop
         size, and the geometry used. Depends only on the inputs and `seed`."""
-        p = self.params
-        with torch.random.fork_rng(devices=[]):
-            seed_cpu(seed)
-            box = RandomResizedCrop.get_params(rgb, list(p.crop_scale), list(p.crop_ratio))
-            flipped = bool(torch.rand(()) < p.flip)
-            if flow is None:  # RGB only: the same geometry as if there were flow
-                rgb = F.resized_crop(rgb, *box, [p.crop_size, p.crop_size], antialias=True)
-                rgb = F.hflip(rgb) if flipped else rgb
-            else:
-                rgb = F.resized_crop(rgb, *box, [p.crop_size, p.crop_size], antialias=True)
-                flow = view_flow(flow, box, p.crop_size, p.flow_norm, p.flow_bound, p.flow_camera)
-                if flipped:
-                    rgb, flow = hflip(rgb, flow)
-            rgb = self.colour(rgb)
-        return rgb, flow, ViewGeometry(*box, flipped)
+        draws = self.draw(seed, *rgb.shape[-2:])
+        rgb, flow = self.apply(rgb, flow, draws)
+        return rgb, flow, ViewGeometry(*draws.box, draws.flipped)

@@ -40,11 +40,12 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from pipeline.data.augment import FRA_ANGLES, ViewAugment, rotate_vectors
+from pipeline.data.augment import FRA_ANGLES, NEUTRAL_FACTORS, ViewAugment
+from pipeline.data.batch_augment import augment_batch
 from pipeline.storage.store import CorruptChunkError, StoredArray, open_stored
 from pipeline.storage.tables import read_table
 from schemas import store as layout
-from schemas.batch import SAMPLE, VIEWS
+from schemas.batch import RAW, VIEWS
 from schemas.errors import MissingInputError
 from schemas.params import DatasetParams
 from schemas.tables import CLIP_INDEX
@@ -196,7 +197,9 @@ class MSCLClips(IterableDataset):
         # Damaged clips replaced, a slot per process (main, workers), in shared memory too.
         self._damaged = torch.zeros(65, dtype=torch.int64).share_memory_()
         self._warned: set[str] = set()
-        self.block = 1  # samples per worker turn; ClipLoader sets it to the batch size
+        self.block = 1  # samples per batch (a worker's turn); ClipLoader sets it to the batch size
+        self.drop_last_batch = False  # leave out each epoch's short last batch (ClipLoader's drop_last)
+        self.continuous = False  # iterate on into the following epochs (ClipLoader's stream)
         self._arrays: OrderedDict[tuple[str, str], zarr.Array] = OrderedDict()
         # Whole arrays as stored, with their conversion to what a read returns, up to cache_mb.
         self._cache: OrderedDict[tuple[str, str], tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]] = OrderedDict()
@@ -272,25 +275,49 @@ class MSCLClips(IterableDataset):
         """Samples the next pass yields on this rank (the rest of the current epoch)."""
         return self.epoch_length - self.position
 
+    def batch_bounds(self, first: int) -> list[tuple[int, int]]:
+        """The batches of an epoch from position `first`: [lo, hi) of `block` positions each, the
+        last shorter (or left out with `drop_last_batch`)."""
+        length, block = self.epoch_length, self.block
+        bounds = [(lo, min(lo + block, length)) for lo in range(first, length, block)]
+        if self.drop_last_batch and bounds and bounds[-1][1] - bounds[-1][0] < block:
+            bounds.pop()
+        return bounds
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        items, padding = self.plan(self.epoch)
-        first = self.position  # read once: with persistent workers the main process moves it on as batches arrive
-        positions = np.arange(first, len(items))
+        """Whole batches (schemas/batch.py RAW), from the current epoch and position on: the rest of
+        the epoch, or with `continuous` every epoch after it as well, so that the workers run on into
+        the next epoch while the main process finishes this one. Batches are dealt to the
+        DataLoader's workers in turn, in the order DataLoader collects them, so the sequence is the
+        same whatever the number of workers."""
+        epoch, first = self.epoch, self.position  # read once: the main process moves them on as batches arrive
         worker = get_worker_info()
-        if worker is not None:
-            turn = (positions - first) // self.block % worker.num_workers
-            positions = positions[turn == worker.id]
-        for position in positions:
-            yield self._sample_or_replacement(items, int(position), bool(padding[position]))
+        me, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        turn = 0
+        while True:
+            items, padding = self.plan(epoch)
+            for lo, hi in self.batch_bounds(first):
+                if turn % workers == me:
+                    yield self.batch(items, padding, range(lo, hi), epoch)
+                turn += 1
+            if not self.continuous:
+                return
+            epoch, first = epoch + 1, 0
+
+    def batch(self, items: np.ndarray, padding: np.ndarray, positions: Sequence[int], epoch: int) -> dict[str, Any]:
+        """The raw batch of `positions` of this rank's epoch (`plan`)."""
+        batch = collate_raw([self._raw_or_replacement(items, int(p), bool(padding[p]), epoch) for p in positions])
+        batch["epoch"] = torch.full((len(positions),), epoch, dtype=torch.int64)
+        return batch
 
     REPLACEMENT_TRIES = 16
 
-    def _sample_or_replacement(self, items: np.ndarray, position: int, padding: bool) -> dict[str, Any]:
+    def _raw_or_replacement(self, items: np.ndarray, position: int, padding: bool, epoch: int) -> dict[str, Any]:
         """The sample at `position`; if its clip does not read (CorruptChunkError) and
         `on_damaged` is skip, the sample of the next item in the plan that reads, flagged as padding
         (so batches, epochs and ranks keep their lengths), with a warning once per video."""
         try:
-            return self.sample(int(items[position]), position, padding)
+            return self.raw_sample(int(items[position]), position, padding, epoch)
         except CorruptChunkError as exc:
             if self.params.on_damaged == "fail":
                 raise
@@ -298,7 +325,7 @@ class MSCLClips(IterableDataset):
             first = exc
         for offset in range(1, min(len(items), self.REPLACEMENT_TRIES + 1)):
             try:
-                return self.sample(int(items[(position + offset) % len(items)]), position, True)
+                return self.raw_sample(int(items[(position + offset) % len(items)]), position, True, epoch)
             except CorruptChunkError as exc:
                 self._note_damaged(exc, count=False)
         raise CorruptChunkError(f"{first.args[0]}; and the next {self.REPLACEMENT_TRIES} items of the epoch are damaged too",
@@ -320,43 +347,54 @@ class MSCLClips(IterableDataset):
 
     # -- one sample -----------------------------------------------------------------------------
 
-    def sample(self, item: int, position: int = 0, padding: bool = False) -> dict[str, Any]:
-        """The sample of `item` (a video or a view-1 clip) in the current epoch (a pure function of
-        seed, epoch, item and whether it is a repeat)."""
-        p = self.params
-        video_id, (start1, start2), angle, view_seeds = self.draw(item, padding)
-        rgbs, flows, crops, flips = [], [], [], []
-        for (rgb, flow), seed in zip(self.read_views(video_id, (start1, start2)), view_seeds, strict=True):
-            rgb, flow, geometry = self.augment(rgb, flow, seed)
-            rgbs.append(rgb.permute(1, 0, 2, 3))  # (T, C, H, W) -> (C, T, H, W)
-            if flow is not None:
-                flows.append(flow.permute(1, 0, 2, 3))
-            crops.append((geometry.top, geometry.left, geometry.height, geometry.width))
-            flips.append(geometry.flipped)
+    def raw_sample(self, item: int, position: int = 0, padding: bool = False, epoch: int | None = None) -> dict[str, Any]:
+        """What a worker sends of `item` (a video or a view-1 clip) in `epoch` (the current one by
+        default): both views' clips at the stored resolution and every random choice of their
+        augmentation (schemas/batch.py RAW). A pure function of seed, epoch, item and whether it is a repeat."""
+        video_id, (start1, start2), angle, view_seeds = self.draw(item, padding, epoch)
+        views = self._read_stored(video_id, (start1, start2))
+        height, width = views[0][0].shape[1:3]
+        draws = [self.augment.draw(seed, height, width) for seed in view_seeds]
+        order = [d.jitter[0] if d.jitter else (0, 1, 2, 3) for d in draws]
+        factors = [[n if f is None else f for f, n in zip(d.jitter[1], NEUTRAL_FACTORS)] if d.jitter else NEUTRAL_FACTORS
+                   for d in draws]  # fmt: skip
         sample = {
-            "rgb": torch.stack(rgbs).contiguous(),
+            "rgb": torch.from_numpy(np.stack([rgb for rgb, _ in views])),
+            "size": torch.tensor([height, width], dtype=torch.int64),
+            "crop": torch.tensor([d.box for d in draws], dtype=torch.int64),
+            "flip": torch.tensor([d.flipped for d in draws]),
+            "jitter": torch.tensor([d.jitter is not None for d in draws]),
+            "jitter_order": torch.tensor(order, dtype=torch.int64),
+            "jitter_factor": torch.tensor(factors, dtype=torch.float32),
+            "grayscale": torch.tensor([d.grayscale for d in draws]),
+            "blur_sigma": torch.tensor([d.blur_sigma for d in draws], dtype=torch.float32),
+            "rotation": torch.tensor(FRA_ANGLES.index(angle)),
             "angle": torch.tensor(angle, dtype=torch.float32),
             "start": torch.tensor([start1, start2], dtype=torch.int64),
-            "crop": torch.tensor(crops, dtype=torch.int64),
-            "flip": torch.tensor(flips),
             "video_id": video_id,
             "item": torch.tensor(item),
             "position": torch.tensor(position),
             "padding": torch.tensor(padding),
         }
         if self.with_flow:
-            flow = torch.stack(flows)
-            sample["flow"] = flow.to(torch.float16).contiguous()
-        if self.with_flow and p.rotation:  # vectors live on axis 1 of (V, 2, T, H, W)
-            sample["flow_rot"] = rotate_vectors(flow.transpose(1, 2), angle).transpose(1, 2).to(torch.float16).contiguous()
-        assert set(sample) <= set(SAMPLE), set(sample) - set(SAMPLE)
+            sample["flow"] = torch.from_numpy(np.stack([flow for _, flow in views]))
+        if not (self.with_flow and self.params.rotation):
+            del sample["rotation"]
+        assert set(sample) <= set(RAW), set(sample) - set(RAW)
         return sample
 
-    def draw(self, item: int, padding: bool = False) -> tuple[str, tuple[int, int], float, list[int]]:
+    def sample(self, item: int, position: int = 0, padding: bool = False, *, batched: bool | None = None) -> dict[str, Any]:
+        """The training sample of `item` (schemas/batch.py SAMPLE): its raw sample augmented on the
+        CPU by the pass the trainer runs on its device (`batched`: as `augment_batch` takes it)."""
+        batch = augment_batch(collate_raw([self.raw_sample(item, position, padding)]), self.params, batched=batched)
+        return {key: value[0] for key, value in batch.items()}
+
+    def draw(self, item: int, padding: bool = False, epoch: int | None = None) -> tuple[str, tuple[int, int], float, list[int]]:
         """The random choices of a sample: its video, the two views' starts, the FRA angle, and a
-        seed for each view's augmentation. From (seed, epoch, item, repeat) alone."""
+        seed for each view's augmentation. From (seed, epoch, item, repeat) alone; `epoch`: the
+        current one by default."""
         p = self.params
-        rng = np.random.default_rng([p.seed, self.epoch, item, int(padding)])
+        rng = np.random.default_rng([p.seed, self.epoch if epoch is None else epoch, item, int(padding)])
         if self.per_video:
             video_id = self.videos[item]
             allowed = self.index.allowed[video_id]
@@ -375,21 +413,26 @@ class MSCLClips(IterableDataset):
     def read_views(self, video_id: str, starts: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """`read` of each start; clips of one video that share a chunk are read from the store
         together, so that no chunk is decoded twice for one sample."""
+        def channels_first(clip: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2)
+
+        return [(channels_first(rgb), None if flow is None else channels_first(flow)) for rgb, flow in self._read_stored(video_id, starts)]
+
+    def _read_stored(self, video_id: str, starts: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Each start's clip in the stored layout: frames (T, H, W, 3) uint8 and flow (T, H, W, 2)
+        float16 pixels (None without flow); views of the cache where it holds the video."""
         spans = [slice(s, s + (self.index.clip_len - 1) * self.index.stride + 1, self.index.stride) for s in starts]
         rgbs = self._read(layout.FRAMES_GROUP, video_id, spans)
         if not self.with_flow:
-            return [(torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2), None) for rgb in rgbs]
+            return [(rgb, None) for rgb in rgbs]
         flows = self._read(layout.flow_group(self.flow_method), video_id, spans)
-        out = []
         for span, rgb, flow in zip(spans, rgbs, flows, strict=True):
             if len(flow) < len(rgb):
                 raise IndexError(
                     f"clip at {span.start} of video {video_id!r} needs flow {span.stop - 1}, the store has fewer "
                     f"flows: the clip index is out of date with the store; re-run the sample stage"
                 )
-            rgb = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)
-            out.append((rgb, torch.from_numpy(np.ascontiguousarray(flow)).permute(0, 3, 1, 2)))
-        return out
+        return list(zip(rgbs, flows, strict=True))
 
     def _read(self, group: str, video_id: str, spans: Sequence[slice]) -> list[np.ndarray]:
         """Frames `spans` of an array: from the cache of whole arrays when `cache_mb` allows,
@@ -437,53 +480,82 @@ class MSCLClips(IterableDataset):
         return state
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch sample dicts: tensors stacked on a new first axis (dtypes kept, so uint8 and float16
-    travel as such; in a worker the stacked tensor is in shared memory, ready to pin), ids listed."""
+def collate_raw(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Raw samples into one batch: tensors stacked on a new first axis (in a worker, straight into
+    shared memory, ready to pin), ids listed. Clips of several stored sizes are padded with zeros to
+    the largest (`size` keeps each one's own)."""
+    sizes = {tuple(sample["size"].tolist()) for sample in samples}
+    if len(sizes) > 1:
+        height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+        samples = [{**sample, **{key: _pad(sample[key], height, width) for key in ("rgb", "flow") if key in sample}}
+                   for sample in samples]  # fmt: skip
     return default_collate(samples)
 
 
-class ClipLoader:
-    """A DataLoader over an MSCLClips that keeps the dataset's resume point exact.
+def _pad(clips: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(V, T, H, W, C) clips padded with zeros at the bottom and right to height x width."""
+    out = clips.new_zeros((*clips.shape[:2], height, width, clips.shape[-1]))
+    out[:, :, : clips.shape[2], : clips.shape[3]] = clips
+    return out
 
-    Every batch it hands out advances the dataset's position, so `dataset.state_dict()` after a step
-    says what the next batch is, whatever is still prefetched in the workers. One pass over the
-    loader is the rest of the current epoch; after a full pass the dataset moves to the next epoch.
+
+class ClipLoader:
+    """A DataLoader over an MSCLClips that keeps the dataset's resume point exact and its workers busy.
+
+    Its workers send whole batches (schemas/batch.py RAW: the clips at the stored resolution and the
+    draws of their augmentation; `pipeline.data.feed.DeviceFeed` applies them on the training
+    device). One pass over the loader is the rest of the current epoch; after a full pass the dataset
+    moves to the next epoch. Underneath runs one stream of batches that goes on from epoch to epoch,
+    so at an epoch's end the workers are already reading the next one's first batches: a store
+    whose epoch is a few batches keeps every worker busy, and the workers (and their caches of
+    videos) live as long as the stream. Every batch handed out advances the dataset's position, so
+    `dataset.state_dict()` says what the next batch is, whatever is still prefetched; a pass that
+    does not start where the stream stands (after `load_state_dict` or `set_epoch`) starts a new stream.
     """
 
     def __init__(self, dataset: MSCLClips, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
                  worker_nice: int = 0, drop_last: bool = False, **kwargs):  # fmt: skip
         dataset.block = batch_size
+        dataset.drop_last_batch = drop_last  # skip a short last batch (batch norm needs more than one sample)
+        dataset.continuous = True
         self.dataset = dataset
         self.batch_size = batch_size
-        self.drop_last = drop_last  # skip a short last batch (batch norm needs more than one sample)
+        self.drop_last = drop_last
         init = functools.partial(_lower_priority, worker_nice) if worker_nice and num_workers else None
-        # DataLoader draws a base seed for its workers each time it starts a pass; from its own generator
-        # that draw leaves the global torch RNG (the trainer's, saved in checkpoints) untouched. Samples
+        # DataLoader draws a base seed for its workers each time it starts; from its own generator that
+        # draw leaves the global torch RNG (the trainer's, saved in checkpoints) untouched. Samples
         # never use that seed: their randomness comes from (seed, epoch, item).
         kwargs.setdefault("generator", torch.Generator().manual_seed(dataset.params.seed))
-        # Workers persist across epochs, so their caches of videos do too (an epoch of a small dataset
-        # is a few batches: fresh workers each epoch would read every video again); they learn the
-        # epoch and position from the dataset's shared progress when each pass begins.
-        kwargs.setdefault("persistent_workers", num_workers > 0)
-        self.loader = DataLoader(
-            dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate,
-            worker_init_fn=init, **kwargs,
-        )  # fmt: skip
+        self.loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                                 worker_init_fn=init, **kwargs)  # fmt: skip
+        self._stream: Iterator[dict[str, Any]] | None = None
+        self._stream_at: tuple[int, int] | None = None  # (epoch, position) of the stream's next batch
 
     def __len__(self) -> int:
-        rounding = math.floor if self.drop_last else math.ceil
-        return rounding(len(self.dataset) / self.batch_size)
+        """Batches the next pass hands out (the rest of the current epoch)."""
+        return len(self.dataset.batch_bounds(self.dataset.position))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch = self.dataset.epoch
-        for batch in self.loader:
-            self.dataset.advance(len(batch["position"]))
-            if self.drop_last and len(batch["position"]) < self.batch_size:
-                continue  # only ever the last one: counted as consumed, not handed out
+        dataset = self.dataset
+        epoch = dataset.epoch
+        bounds = dataset.batch_bounds(dataset.position)
+        if self._stream is None or self._stream_at != (epoch, dataset.position):
+            self.close()
+            self._stream = iter(self.loader)
+        for lo, hi in bounds:
+            batch = next(self._stream)
+            if int(batch["epoch"][0]) != epoch or int(batch["position"][0]) != lo or len(batch["position"]) != hi - lo:
+                raise RuntimeError(f"the loader's stream is out of step: expected epoch {epoch} positions {lo}-{hi}, "
+                                   f"got epoch {int(batch['epoch'][0])} from {int(batch['position'][0])}")  # fmt: skip
+            dataset.position = hi
+            self._stream_at = (epoch, hi)
             yield batch
-        if self.dataset.epoch == epoch and self.dataset.position >= self.dataset.epoch_length:
-            self.dataset.set_epoch(epoch + 1)
+        dataset.set_epoch(epoch + 1)  # the whole epoch handed out (a dropped short batch counts as consumed)
+        self._stream_at = (epoch + 1, 0)
+
+    def close(self) -> None:
+        """Stop the stream (and its workers); the next pass starts a new one."""
+        self._stream, self._stream_at = None, None
 
 
 def _lower_priority(nice: int, worker_id: int) -> None:
