@@ -134,23 +134,6 @@ def release_snap(allowed: Sequence[int], target: int) -> int:
     return chosen
 
 
-def chunk_runs(spans: Sequence[slice], chunk: int) -> list[tuple[int, int, list[int]]]:
-    """Spans (start < stop, step >= 1) grouped where their chunks of `chunk` frames overlap: for
-    each group, the frames [lo, hi) one read covers and the indices of its spans. Spans in
-    different chunks stay apart, so no chunk between them is read for nothing; so does a span whose
-    step skips whole chunks."""
-    dense = all((span.step or 1) <= chunk for span in spans)
-    runs: list[tuple[int, int, list[int]]] = []
-    for i in sorted(range(len(spans)), key=lambda i: spans[i].start):
-        lo, hi = spans[i].start, spans[i].stop
-        if dense and runs and lo // chunk <= (runs[-1][1] - 1) // chunk:
-            run_lo, run_hi, members = runs[-1]
-            runs[-1] = (run_lo, max(run_hi, hi), members + [i])
-        else:
-            runs.append((lo, hi, [i]))
-    return runs
-
-
 def _dist_rank_and_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is not None or world_size is not None:
         if rank is None or world_size is None:
@@ -351,9 +334,13 @@ class MSCLClips(IterableDataset):
         """What a worker sends of `item` (a video or a view-1 clip) in `epoch` (the current one by
         default): both views' clips at the stored resolution and every random choice of their
         augmentation (schemas/batch.py RAW). A pure function of seed, epoch, item and whether it is a repeat."""
-        video_id, (start1, start2), angle, view_seeds = self.draw(item, padding, epoch)
-        views = self._read_stored(video_id, (start1, start2))
-        height, width = views[0][0].shape[1:3]
+        video_id, starts, angle, view_seeds = self.draw(item, padding, epoch)
+        return self.pack(self._read_stored(video_id, starts), video_id, starts, angle, view_seeds, item, position, padding)
+
+    def pack(self, views: list[tuple[np.ndarray, np.ndarray | None]], video_id: str, starts: tuple[int, int], angle: float,
+             view_seeds: list[int], item: int, position: int, padding: bool) -> dict[str, Any]:  # fmt: skip
+        """The raw sample of two views read from the store: their augmentation drawn, all as tensors."""
+        (start1, start2), height, width = starts, *views[0][0].shape[1:3]
         draws = [self.augment.draw(seed, height, width) for seed in view_seeds]
         order = [d.jitter[0] if d.jitter else (0, 1, 2, 3) for d in draws]
         factors = [[n if f is None else f for f, n in zip(d.jitter[1], NEUTRAL_FACTORS)] if d.jitter else NEUTRAL_FACTORS
@@ -445,13 +432,10 @@ class MSCLClips(IterableDataset):
         array = self._array(group, video_id)
         budget = self.params.cache_mb * 2**20
         size = int(np.prod(array.shape)) * array.array.dtype.itemsize
-        if size > budget:
-            out: list[np.ndarray] = [np.empty(0)] * len(spans)
-            for lo, hi, members in chunk_runs(spans, array.chunks[0]):
-                block = array.stored(slice(lo, hi))
-                for i in members:
-                    out[i] = array.to_pixels(block[spans[i].start - lo : spans[i].stop - lo : spans[i].step])
-            return out
+        if size > budget:  # only the frames the spans use, each chunk they touch decoded once
+            frames = [np.arange(span.start, span.stop, span.step) for span in spans]
+            taken = array.to_pixels(array.take(np.concatenate(frames)))
+            return np.split(taken, np.cumsum([len(f) for f in frames])[:-1])
         whole = array.stored(slice(None))  # kept as stored (fixed-point flow: int16), converted per clip
         self._cache[key] = (whole, array.to_pixels)
         self._cache_bytes += whole.nbytes

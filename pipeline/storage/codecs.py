@@ -131,13 +131,16 @@ class ImageCodec(ArrayBytesCodec):
         return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        image = self._decode_image(chunk_bytes.to_bytes())
-        frames, height, width, channels = chunk_spec.shape
+        stack = self.frames(self._decode_image(chunk_bytes.to_bytes()), chunk_spec.shape)
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(np.ascontiguousarray(stack))
+
+    def frames(self, image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """A chunk's decoded image as its (k, H, W, 3) frames (a view: each frame's padding rows dropped)."""
+        frames, height, width, channels = shape
         padded = height if frames == 1 else _padded(height)
         if image.shape != (frames * padded, width, channels):
             raise ValueError(f"{self.format} chunk decodes to shape {image.shape}, expected {(frames * padded, width, channels)}")
-        stack = image.reshape(frames, padded, width, channels)[:, :height]
-        return chunk_spec.prototype.nd_buffer.from_ndarray_like(np.ascontiguousarray(stack))
+        return image.reshape(frames, padded, width, channels)[:, :height]
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         frames, height, width, channels = chunk_spec.shape

@@ -343,6 +343,7 @@ class StoredArray:
         # Fixed-point flow: int16 multiples of `scale_factor` px (CF's name, which xarray applies too).
         self.scale: float | None = array.attrs.get("scale_factor")
         self._check_shards()
+        self._reader = ChunkReader.of(array)  # None: an array whose layout only zarr reads
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.array, name)
@@ -370,6 +371,29 @@ class StoredArray:
             raise
         except Exception as exc:  # any codec error: locate it, then say where
             raise self._locate(selection, exc) from exc
+
+    def take(self, frames: np.ndarray) -> np.ndarray:
+        """Frames `frames` (any order, repeats allowed) as stored, each chunk they touch read and
+        decoded once. Straight from the shard files where the array's layout is one this pipeline
+        writes (`ChunkReader`: a fraction of zarr's cost per chunk), else through zarr."""
+        frames = np.asarray(frames, dtype=np.int64)
+        size = self.array.chunks[0]
+        needed = np.unique(frames // size).tolist()
+        if self._reader is None:
+            chunks = {c: self.stored(slice(c * size, (c + 1) * size)) for c in needed}
+        else:
+            chunks = {}
+            for c in needed:
+                try:
+                    chunks[c] = self._reader.chunk(c)
+                except Exception as exc:
+                    span = (c * size, min((c + 1) * size, len(self)))
+                    chunk = (c,) + (0,) * (self.array.ndim - 1)
+                    raise self._damaged(f"{self._where(span)}, chunk {chunk}: does not decode ({exc})") from exc
+        out = np.empty((len(frames), *self.array.shape[1:]), self.array.dtype)
+        for i, frame in enumerate(frames.tolist()):
+            out[i] = chunks[frame // size][frame % size]
+        return out
 
     def to_pixels(self, values: np.ndarray) -> np.ndarray:
         """Stored values as what a read returns: float16 pixels for flow, however stored."""
@@ -450,3 +474,76 @@ class StoredArray:
                 chunk = (index,) + (0,) * (self.array.ndim - 1)
                 return self._damaged(f"{self._where(frames)}, chunk {chunk}: does not decode ({exc})")
         return self._damaged(f"video {self.video_id!r}, array {self.group}/{self.video_id}: read failed ({cause})")
+
+
+class ChunkReader:
+    """Whole chunks of a sharded array read straight from its shard files: each shard's index read
+    once (its CRC32C checked), then per chunk one byte range, its CRC32C checked and its codec
+    (JPEG strip, or zstd or blosc over little-endian bytes) decoded, with no event loop, task or
+    buffer machinery in between. For the layouts this pipeline writes (pipeline/storage/codecs.py);
+    `of` gives None for any other, which zarr then reads."""
+
+    def __init__(self, array: zarr.Array, sharding: ShardingCodec, decode) -> None:
+        self.array, self.decode = array, decode
+        self.chunk_frames = array.chunks[0]
+        self.per_shard = array.shards[0] // self.chunk_frames
+        self.at_end = sharding.index_location == ShardingCodecIndexLocation.end
+        self._indexes: dict[int, tuple[str, np.ndarray]] = {}
+        store = array.store
+        self._root = Path(store.root) if type(store).__name__ == "LocalStore" else None
+
+    @classmethod
+    def of(cls, array: zarr.Array) -> ChunkReader | None:
+        sharding = array.metadata.codecs[0] if len(array.metadata.codecs) == 1 else None
+        if not isinstance(sharding, ShardingCodec) or [c.to_dict() for c in sharding.index_codecs] != INDEX_CODECS:
+            return None
+        if array.shards is None or array.chunks[1:] != array.shape[1:]:
+            return None
+        names = [c.to_dict()["name"] for c in sharding.codecs]
+        shape, dtype = array.chunks, np.dtype(array.dtype).newbyteorder("<")
+        if names == [codecs.CODEC_NAME, "crc32c"]:
+            image = sharding.codecs[0]
+
+            def decode(data: bytes) -> np.ndarray:
+                return image.frames(image._decode_image(data), shape)
+        elif names in (["bytes", "zstd", "crc32c"], ["bytes", "blosc", "crc32c"]):
+            import numcodecs
+
+            decompress = numcodecs.Zstd().decode if names[1] == "zstd" else numcodecs.Blosc().decode
+
+            def decode(data: bytes) -> np.ndarray:
+                return np.frombuffer(decompress(data), dtype).reshape(shape)
+        else:
+            return None
+        return cls(array, sharding, decode)
+
+    def _read(self, key: str, start: int, length: int | None) -> bytes:
+        """Bytes [start, start + length) of a file of the array (start < 0 with length None: the last -start)."""
+        full = f"{self.array.path}/{key}" if self.array.path else key
+        if self._root is not None:
+            with open(self._root / full, "rb") as file:
+                file.seek(start, os.SEEK_END if start < 0 else os.SEEK_SET)
+                return file.read() if length is None else file.read(length)
+        request = SuffixByteRequest(-start) if start < 0 else RangeByteRequest(start, start + length)
+        return sync(self.array.store.get(full, default_buffer_prototype(), byte_range=request)).to_bytes()
+
+    def _index(self, shard: int) -> tuple[str, np.ndarray]:
+        if shard not in self._indexes:
+            key = self.array.metadata.encode_chunk_key((shard,) + (0,) * (self.array.ndim - 1))
+            size = 16 * self.per_shard + 4
+            raw = self._read(key, -size if self.at_end else 0, None if self.at_end else size)
+            if len(raw) != size or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                raise ValueError(f"shard file {key}: its index fails its checksum (truncated or overwritten)")
+            self._indexes[shard] = (key, np.frombuffer(raw[:-4], "<u8").reshape(self.per_shard, 2))
+        return self._indexes[shard]
+
+    def chunk(self, index: int) -> np.ndarray:
+        """Chunk `index` (of `chunk_frames` frames; an edge chunk holds fill values past the end)."""
+        key, table = self._index(index // self.per_shard)
+        offset, length = (int(x) for x in table[index % self.per_shard])
+        if offset == EMPTY_CHUNK:
+            return np.full(self.array.chunks, self.array.fill_value, self.array.dtype)
+        data = self._read(key, offset, length)
+        if len(data) != length or google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
+            raise ValueError(f"chunk {index} fails its checksum (bytes {offset}-{offset + length} of shard file {key})")
+        return self.decode(data[:-4])
