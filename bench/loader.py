@@ -1,103 +1,246 @@
-"""The training loader: clips/s, against decoding on the fly, and whether it slows a training step.
+"""The training loader: where a worker's time goes, today's per-sample path against the loader that
+only reads, and what feeds a step.
 
-    python bench/loader.py [--videos N] [--batch B] [--steps K]
+    python bench/loader.py [--videos N] [--batch B] [--samples K] [--workers W] [--gpu-batch 128]
 
-On demo videos (170x128 stored, 48 frames, 8-frame clips at stride 4, 112x112 crops, the default
-augmentations) and in one run:
-- clips/s of MSCLClips through ClipLoader with 0, 1 and 2 workers: each clip is two views of RGB,
-  aligned flow and rotated flow;
-- clips/s of the decode-on-the-fly baseline, as torchvision's VideoClips or PyTorchVideo load video:
-  FFmpeg decodes each view's frames from the source file per sample (seek, decode, scale), then the
-  same RGB crop, flip and colour transforms; RGB only, no flow at all;
-- the time of a training step (torchvision r3d_18 forward and backward on both views' RGB, SGD)
-  fed by the loader (2 workers at low CPU priority, as the trainer runs them on CPU), over the same
-  step fed by batches already in memory: the loader's
-  cost to training, which must stay at or under 1.05;
-- peak memory of the main process (resident) and of the workers (unique to them: a forked worker
-  shares its parent's pages), and their growth from the first to the last tenth of two epochs;
-- short epochs as the demo trains them (one sample per video, a few batches each, a cache of whole
-  videos): clips/s over 6 epochs with 1 worker started afresh each epoch (DataLoader's default,
-  every epoch re-reading every video into a cold cache) against 1 persistent worker (ClipLoader's).
+On demo videos (170x128 stored, 48 frames, 8-frame clips at stride 4, the paper's 112x112 crops,
+every sample two views of RGB, flow and rotated flow), in one run:
+
+- **A worker's CPU time per sample** (process time, which counts zarr's decoding threads too), in
+  process on one torch thread, split into read (fetching chunks, zarr's machinery where it reads,
+  copies, the fixed-point flow's conversion), decode (the JPEG, zstd and blosc decoders and the
+  CRC32C checks), augment, and batch (collate). Four paths over the same items: `today`, the worker
+  before issue 24 (frames stored as 8-frame JPEG strips, read through zarr, every augmentation view
+  by view with torchvision, then collate); `per_sample`, the same augmentation reading the store as
+  it is now (one JPEG frame per chunk, shard files read directly by `ChunkReader`); `reads_only`,
+  what a worker does now (read, draw the augmentation's numbers, batch the stored-size clips); and
+  `cpu_pass`, the batched augmentation of those batches on the CPU (what a machine without a GPU
+  adds in the main process). For the paper's augmentation (`DatasetParams` defaults: colour jitter
+  0.8, grayscale 0.2, blur 0.5) and the demo's (params.yaml: no colour, camera pan removed);
+  reading every clip from the store (`cache_mb: 0`) and from the cache of whole videos (512 MB,
+  warm). The targets: `worker_cpu_reads_only_over_today` at most 1/3, `whole_path_cpu_over_today`
+  at most 1.
+- **Whole loaders on the CPU**: clips/s through `DeviceFeed(ClipLoader(...), "cpu")` with 0 and
+  `--workers` workers, against the decode-on-the-fly baseline (FFmpeg seeks into the source and
+  decodes each view's frames per sample, as torchvision's `VideoClips` or PyTorchVideo, then the
+  same RGB augmentation; no flow at all).
+- **Epoch boundaries**: short per-video epochs (12 videos, batch 8: two batches an epoch) through
+  one worker, the loader's stream running on from epoch to epoch against a stream restarted each
+  epoch (a DataLoader pass per epoch, its worker idle at each end and its cache lost).
+- **On CUDA only**: the paper-scale MSCL and RGB-only steps (r3d_18, flow encoder at 0.25 width,
+  batch `--gpu-batch`, float16) fed by the loader (`--workers`, every clip from the store) against
+  the same step fed from memory.
+
 Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import shutil
 import sys
-import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import ffmpeg
 import numpy as np
-import psutil
 import torch
+from torch.utils.data import default_collate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.data import synth  # noqa: E402
-from pipeline.data.augment import ViewAugment  # noqa: E402
-from pipeline.data.dataset import ClipLoader, MSCLClips, to_device  # noqa: E402
+from pipeline.data.augment import ViewAugment, rotate_vectors  # noqa: E402
+from pipeline.data.batch_augment import augment_batch  # noqa: E402
+from pipeline.data.dataset import ClipLoader, MSCLClips, collate_raw  # noqa: E402
+from pipeline.data.feed import DeviceFeed  # noqa: E402
 from pipeline.io.encode import encode_video  # noqa: E402
 from pipeline.io.ffmpeg_binary import ffmpeg_exe, input_path  # noqa: E402
+from pipeline.storage.codecs import ImageCodec  # noqa: E402
+from pipeline.storage.store import ChunkReader  # noqa: E402
 from pipeline.storage.tables import read_table  # noqa: E402
-from schemas.params import DatasetParams, DecodeParams, FlowParams, ProbeParams, SampleParams  # noqa: E402
+from schemas import store as layout  # noqa: E402
+from schemas.params import DatasetParams, DecodeParams, FlowParams, ProbeParams, SampleParams, load_params  # noqa: E402
 from stages import decode as decode_stage  # noqa: E402
 from stages import flow as flow_stage  # noqa: E402
 from stages import probe as probe_stage  # noqa: E402
 from stages import sample as sample_stage  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent / "data" / "bench" / "loader"
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "data" / "bench" / "loader"
 LABELS = ["slide_horizontal", "slide_vertical", "rotate", "zoom_in", "zoom_out", "oscillate"]
 
 
-class MemoryWatch:
-    """Samples the resident memory of this process and of its children every 50 ms."""
-
-    def __init__(self):
-        self.main: list[int] = []
-        self.workers: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        me = psutil.Process()
-        while not self._stop.wait(0.05):
-            self.main.append(me.memory_info().rss)
-            total = 0
-            for child in me.children(recursive=True):
-                try:
-                    # Unique set size: a forked worker shares the parent's pages, which RSS counts again.
-                    total += child.memory_full_info().uss
-                except psutil.Error:
-                    pass
-            self.workers.append(total)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
-def build(videos: int) -> Path:
-    """Demo-like videos through probe, decode, flow (DIS: the method does not matter for loading)
-    and sample. Returns the work folder."""
-    shutil.rmtree(ROOT, ignore_errors=True)
+def build(videos: int, root: Path) -> Path:
+    """Demo-like videos through probe, decode (JPEG q90 frames) and flow (DIS, 1/32 px fixed point:
+    the DAG's store; the method does not matter for loading), then sample. Returns the work folder."""
+    shutil.rmtree(root, ignore_errors=True)
     for k in range(videos):
         truth = synth.demo_scene(LABELS[k % len(LABELS)], 3000 + k, width=170, height=128, frames=48, fps=25, camera_motion=k % 2 == 1)
-        encode_video(synth.render_frames(truth), ROOT / "videos" / f"v{k:03d}.mp4", fps=25, quality=12)
-    work = ROOT / "work"
-    probe_stage.run(ProbeParams(), ROOT / "videos", work / "manifest", scheduler="sync")
-    decode_stage.run(DecodeParams(), work / "manifest", ROOT / "videos", work / "store.zarr", work / "decode", scheduler="sync")
-    flow_stage.run(FlowParams(method="dis"), work / "decode", work / "store.zarr", work / "flow", scheduler="sync")
+        encode_video(synth.render_frames(truth), root / "videos" / f"v{k:03d}.mp4", fps=25, quality=12)
+    work = root / "work"
+    probe_stage.run(ProbeParams(), root / "videos", work / "manifest", scheduler="sync")
+    decode_stage.run(DecodeParams(codec="jpeg", quality=90), work / "manifest", root / "videos", work / "store.zarr", work / "decode", scheduler="sync")
+    flow_stage.run(FlowParams(method="dis", precision=1 / 32), work / "decode", work / "store.zarr", work / "flow", scheduler="sync")
     sample_stage.run(SampleParams(), work / "flow", work / "store.zarr", work / "sample", scheduler="sync")
+    with jpeg_strips():  # the store as it was before: the same pixels, 8 frames a JPEG chunk
+        decode_stage.run(DecodeParams(codec="jpeg", quality=90), work / "manifest", root / "videos", work / "today.zarr",
+                         work / "decode_today", scheduler="sync")  # fmt: skip
+    (work / "today.zarr" / "flow").symlink_to(work / "store.zarr" / "flow")
     return work
+
+
+@contextlib.contextmanager
+def jpeg_strips():
+    """Frames written as before issue 24: JPEG chunks of 8 frames in one image (each frame decodes
+    to the same pixels as alone), which a strided clip reads whole."""
+    original = layout.frames_chunks
+    layout.frames_chunks = lambda height, width, chunk_frames, codec: (8, height, width, 3)
+    try:
+        yield
+    finally:
+        layout.frames_chunks = original
+
+
+@contextlib.contextmanager
+def through_zarr():
+    """Arrays opened meanwhile are read through zarr, as before `ChunkReader`."""
+    original = ChunkReader.of
+    ChunkReader.of = classmethod(lambda cls, array: None)
+    try:
+        yield
+    finally:
+        ChunkReader.of = original
+
+
+# -- a worker's CPU time ----------------------------------------------------------------------------
+
+
+class DecodeClock:
+    """Thread CPU seconds spent checking and decoding the store's chunks (wrapped while in use): the
+    JPEG, zstd and blosc decoders and the CRC32C checks, whether `ChunkReader` reads the shard files
+    or zarr does (in its threads, so each call times itself)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._patched: list[tuple[type, str, object]] = []
+
+    def __enter__(self):
+        from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+        for cls, name in ((ChunkReader, "unpack"), *((c, "_decode_sync") for c in (ImageCodec, BloscCodec, Crc32cCodec, ZstdCodec))):
+            original = getattr(cls, name)
+            self._patched.append((cls, name, original))
+            setattr(cls, name, self._timed(original))
+        return self
+
+    def _timed(self, function):
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            started = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds += time.thread_time() - started
+
+        return timed
+
+    def __exit__(self, *exc):
+        for cls, name, original in self._patched:
+            setattr(cls, name, original)
+
+
+def per_sample_worker(dataset: MSCLClips, augment: ViewAugment, items, clock: DecodeClock, parts: dict) -> dict:
+    """A batch as a worker made it before the batched pass: per sample, read both views, augment
+    each with torchvision view by view, rotate the flow; then collate the samples."""
+    samples = []
+    for item in items:
+        cpu, decoded = time.process_time(), clock.seconds
+        video_id, starts, angle, seeds = dataset.draw(item)
+        views = dataset.read_views(video_id, starts)
+        read = time.process_time() - cpu
+        parts["decode"] += clock.seconds - decoded
+        parts["read"] += read - (clock.seconds - decoded)
+        cpu = time.process_time()
+        rgbs, flows = [], []
+        for (rgb, flow), seed in zip(views, seeds, strict=True):
+            rgb, flow, _ = augment(rgb, flow, seed)
+            rgbs.append(rgb.permute(1, 0, 2, 3))
+            flows.append(flow.permute(1, 0, 2, 3))
+        flow = torch.stack(flows)
+        samples.append({"rgb": torch.stack(rgbs), "flow": flow.half(), "video_id": video_id,
+                        "flow_rot": rotate_vectors(flow.transpose(1, 2), angle).transpose(1, 2).half()})  # fmt: skip
+        parts["augment"] += time.process_time() - cpu
+    cpu = time.process_time()
+    batch = default_collate(samples)
+    parts["batch"] += time.process_time() - cpu
+    return batch
+
+
+def reads_only_worker(dataset: MSCLClips, items, clock: DecodeClock, parts: dict) -> dict:
+    """A batch as a worker makes it now: per sample, read both views at the stored size and draw
+    the augmentation's numbers (`raw_sample`, in its two steps); then batch them."""
+    samples = []
+    for item in items:
+        cpu, decoded = time.process_time(), clock.seconds
+        video_id, starts, angle, seeds = dataset.draw(item)
+        views = dataset._read_stored(video_id, starts)
+        read = time.process_time() - cpu
+        parts["decode"] += clock.seconds - decoded
+        parts["read"] += read - (clock.seconds - decoded)
+        cpu = time.process_time()
+        samples.append(dataset.pack(views, video_id, starts, angle, seeds, item, 0, False))
+        parts["augment"] += time.process_time() - cpu  # the draws
+    cpu = time.process_time()
+    batch = collate_raw(samples)
+    parts["batch"] += time.process_time() - cpu
+    return batch
+
+
+def worker_times(work: Path, params: DatasetParams, samples: int, batch: int) -> dict:
+    """Milliseconds of CPU per sample for each path, and clips/s of one worker."""
+    torch.set_num_threads(1)
+    out = {}
+    with DecodeClock() as clock:
+        for path in ("today", "per_sample", "reads_only"):
+            store = "today.zarr" if path == "today" else "store.zarr"  # today: 8-frame strips, read through zarr
+            dataset = MSCLClips(work / "sample" / "clips.parquet", work / store, "dis", params)
+            reading = through_zarr() if path == "today" else contextlib.nullcontext()
+            reading.__enter__()
+            items = [i % dataset.num_items for i in range(samples)]
+            augment = ViewAugment(params)
+            if params.cache_mb:  # warm: every video already in the cache
+                for item in range(dataset.num_items):
+                    dataset.read_views(*dataset.draw(item)[:2])
+            parts: dict = defaultdict(float)
+            raws = []
+            for lo in range(0, samples, batch):
+                chunk = items[lo : lo + batch]
+                if path == "reads_only":
+                    raws.append(reads_only_worker(dataset, chunk, clock, parts))
+                else:
+                    per_sample_worker(dataset, augment, chunk, clock, parts)
+            reading.__exit__(None, None, None)
+            ms = {k: round(1000 * v / samples, 2) for k, v in parts.items()}
+            ms["total"] = round(sum(ms.values()), 2)
+            out[path] = ms
+            if path == "reads_only":
+                cpu = time.process_time()
+                for raw in raws:
+                    augment_batch(raw, params)
+                out["cpu_pass"] = {"augment": round(1000 * (time.process_time() - cpu) / samples, 2)}
+    today, now = out["today"]["total"], out["reads_only"]["total"]
+    out["worker_clips_per_s"] = {path: round(1000 / out[path]["total"], 1) for path in ("today", "per_sample", "reads_only")}
+    out["worker_cpu_reads_only_over_today"] = round(now / today, 3)
+    out["whole_path_cpu_over_today"] = round((now + out["cpu_pass"]["augment"]) / today, 3)
+    return out
+
+
+# -- whole loaders ----------------------------------------------------------------------------------
 
 
 class DecodeOnTheFly(torch.utils.data.IterableDataset):
@@ -127,111 +270,139 @@ class DecodeOnTheFly(torch.utils.data.IterableDataset):
             views = []
             for start, seed in zip(starts, seeds, strict=True):
                 rgb = self.decode(video_id, start)
-                flow = torch.zeros(rgb.shape[0], 2, *rgb.shape[2:], dtype=torch.float16)  # the transforms' signature; unused
-                views.append(self.augment(rgb, flow, seed)[0].permute(1, 0, 2, 3))
+                views.append(self.augment(rgb, None, seed)[0].permute(1, 0, 2, 3))
             yield {"rgb": torch.stack(views)}
 
 
-def clips_per_second(make_loader, epochs: int = 1) -> tuple[float, dict[str, float]]:
-    loader = make_loader()
-    clips = 0
-    with MemoryWatch() as memory:
-        start = time.perf_counter()
+def clips_per_second(batches) -> float:
+    started, clips = time.perf_counter(), 0
+    for batch in batches:
+        clips += len(batch["rgb"])
+    return clips / (time.perf_counter() - started)
+
+
+def loaders(work: Path, root: Path, params: DatasetParams, batch: int, workers: int) -> dict:
+    torch.set_num_threads(2)
+    out = {}
+    make = lambda: MSCLClips(work / "sample" / "clips.parquet", work / "store.zarr", "dis", params)  # noqa: E731
+    for n in (0, workers):
+        out[f"loader_{n}_workers_clips_per_s"] = round(clips_per_second(DeviceFeed(ClipLoader(make(), batch, num_workers=n), "cpu")), 1)
+    sources = {}
+    for row in read_table(work / "decode" / "decoded.parquet").to_pylist():
+        sources[row["video_id"]] = (str(root / "videos" / row["relpath"]), row["width"], row["height"])
+    for n in (0, workers):
+        baseline = torch.utils.data.DataLoader(DecodeOnTheFly(make(), sources, params), batch, num_workers=n)
+        out[f"decode_on_the_fly_{n}_workers_clips_per_s"] = round(clips_per_second(baseline), 1)
+        out[f"loader_over_decode_on_the_fly_{n}_workers"] = round(
+            out[f"loader_{n}_workers_clips_per_s"] / out[f"decode_on_the_fly_{n}_workers_clips_per_s"], 2)
+    return out
+
+
+def epoch_boundaries(work: Path, params: DatasetParams, batch: int, epochs: int = 6) -> dict:
+    """Short per-video epochs through one worker: one stream across epochs against a new one each."""
+    short = params.model_copy(update={"epoch": "per_video", "cache_mb": 512})
+    out = {}
+    for name, restart in (("restarted_each_epoch", True), ("one_stream", False)):
+        loader = ClipLoader(MSCLClips(work / "sample" / "clips.parquet", work / "store.zarr", "dis", short), batch, num_workers=1)
+        feed = DeviceFeed(loader, "cpu")
+        started, clips = time.perf_counter(), 0
         for _ in range(epochs):
-            for batch in loader:
-                clips += len(batch["rgb"])
-        elapsed = time.perf_counter() - start
-    main, workers = np.array(memory.main or [0]), np.array(memory.workers or [0])
-    tenth = max(1, len(main) // 10)
-    mem = {
-        "peak_main_mib": round(main.max() / 2**20, 1),
-        "peak_workers_mib": round(workers.max() / 2**20, 1),
-        # Growth from the first tenth of the run to its last tenth: flat memory is ~0.
-        "growth_main_mib": round((np.median(main[-tenth:]) - np.median(main[:tenth])) / 2**20, 1),
-        "growth_workers_mib": round((np.median(workers[-tenth:]) - np.median(workers[:tenth])) / 2**20, 1),
-    }
-    return clips / elapsed, mem
+            for data in feed:
+                clips += len(data["rgb"])
+            if restart:
+                loader.close()
+        out[f"short_epochs_{name}_clips_per_s"] = round(clips / (time.perf_counter() - started), 1)
+        loader.close()
+    out["short_epochs_one_stream_over_restarted"] = round(out["short_epochs_one_stream_clips_per_s"] / out["short_epochs_restarted_each_epoch_clips_per_s"], 2)
+    return out
 
 
-def training_step_ratio(dataset: MSCLClips, batch: int, steps: int) -> dict[str, float]:
-    """Seconds per step fed by the loader (2 workers) over seconds per step fed from memory."""
-    from torchvision.models.video import r3d_18
+# -- on CUDA ----------------------------------------------------------------------------------------
 
-    torch.manual_seed(0)
-    model = r3d_18(num_classes=128)
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-    def step(data):
-        data = to_device(data, "cpu")
-        rgb = data["rgb"]
-        loss = model(rgb[:, 0]).square().mean() + model(rgb[:, 1]).square().mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+def gpu_feeding(work: Path, params: DatasetParams, batch: int, workers: int, steps: int) -> dict:
+    """Paper-scale steps on CUDA fed from memory against fed by the loader (every clip from the store)."""
+    from pipeline.models.mscl import MSCL
+    from pipeline.trainer import make_deterministic
 
-    loader = ClipLoader(dataset, batch, num_workers=2, worker_nice=10)  # as the trainer runs it on CPU
-    cached = []
-    for data in loader:
-        cached.append(data)
-        if len(cached) == steps + 1:
-            break
-    step(cached[0])  # warm-up
-    start = time.perf_counter()
-    for data in cached[1:]:
-        step(data)
-    in_memory = (time.perf_counter() - start) / steps
+    device = torch.device("cuda")
+    make_deterministic(device)
+    train = load_params(ROOT / "params.yaml").train.model_copy(update={
+        "encoder": "r3d_18", "flow_width_ratio": 0.25, "flow_blocks": (2, 2, 2, 2), "batch_size": batch, "queue_size": 4096,
+        "head_bn": False, "local_dim": 128})  # fmt: skip
+    out = {"gpu_batch": batch, "gpu_workers": workers}
+    for method in ("mscl", "rgb_only"):
+        torch.manual_seed(0)
+        model = MSCL(train, method, flow_input=params.flow_input).to(device).train()
+        optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
+        scaler = torch.amp.GradScaler("cuda")
 
-    dataset.set_epoch(dataset.epoch + 1)
-    done, start = -1, 0.0
-    for data in ClipLoader(dataset, batch, num_workers=2, worker_nice=10):
-        if done == 0:
-            start = time.perf_counter()  # after one step: workers started, queues full
-        step(data)
-        done += 1
-        if done == steps:
-            break
-    fed = (time.perf_counter() - start) / steps
-    return {"step_s_in_memory": round(in_memory, 3), "step_s_loader": round(fed, 3), "step_loader_over_in_memory": round(fed / in_memory, 3)}
+        def step(data):
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss, _, keys = model(data, 0.99)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            model.enqueue(keys)
+
+        dataset_params = params.model_copy(update={"rotation": method == "mscl", "cache_mb": 0, "epoch": "per_clip"})
+        dataset = MSCLClips(work / "sample" / "clips.parquet", work / "store.zarr", "dis", dataset_params, with_flow=method == "mscl")
+        loader = ClipLoader(dataset, batch, num_workers=workers, pin_memory=True, drop_last=True, prefetch_factor=4)
+        feed = DeviceFeed(loader, device)
+        first = next(iter(feed))
+        for _ in range(3):
+            step(first)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step(first)
+        torch.cuda.synchronize()
+        memory = (time.perf_counter() - started) / steps
+        done, started = 0, None
+        while done < steps + 3:
+            for data in feed:
+                step(data)
+                done += 1
+                if done == 3:
+                    torch.cuda.synchronize()
+                    started = time.perf_counter()
+                if done == steps + 3:
+                    break
+        torch.cuda.synchronize()
+        fed = (time.perf_counter() - started) / steps
+        loader.close()
+        out[method] = {"memory_clips_per_s": round(batch / memory, 1), "loader_clips_per_s": round(batch / fed, 1),
+                       "loader_over_memory": round(memory / fed, 3)}  # fmt: skip
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=12)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3, help="training steps timed per feeding")
+    parser.add_argument("--samples", type=int, default=96, help="samples timed per path and setting")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--gpu-batch", type=int, default=128)
+    parser.add_argument("--gpu-steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=WORK, help="work folder (removed at the end)")
+    parser.add_argument("--parts", nargs="+", default=["workers", "loaders", "epochs", "cuda"],
+                        choices=["workers", "loaders", "epochs", "cuda"], help="what to measure (cuda: where CUDA is)")  # fmt: skip
     args = parser.parse_args()
-    work = build(args.videos)
-    params = DatasetParams(epoch="per_clip")  # every selected clip: epochs long enough to time
-    make_dataset = lambda: MSCLClips(work / "sample" / "clips.parquet", work / "store.zarr", "dis", params)  # noqa: E731
-    dataset = make_dataset()
-    results: dict[str, object] = {"videos": args.videos, "clips_per_epoch": dataset.epoch_length, "batch": args.batch,
-                                  "crop": params.crop_size, "clip": f"{dataset.index.clip_len}x{dataset.index.stride}"}  # fmt: skip
-    for workers in (0, 1, 2):
-        rate, memory = clips_per_second(lambda w=workers: ClipLoader(make_dataset(), args.batch, num_workers=w), epochs=2)
-        results[f"dataset_{workers}_workers_clips_per_s"] = round(rate, 1)
-        results[f"dataset_{workers}_workers_memory"] = memory
-
-    sources = {}
-    for row in read_table(work / "decode" / "decoded.parquet").to_pylist():
-        sources[row["video_id"]] = (str(ROOT / "videos" / row["relpath"]), row["width"], row["height"])
-    for workers in (0, 2):
-        baseline = DecodeOnTheFly(make_dataset(), sources, params)
-        rate, _ = clips_per_second(lambda w=workers, b=baseline: torch.utils.data.DataLoader(b, args.batch, num_workers=w))
-        results[f"decode_on_the_fly_{workers}_workers_clips_per_s"] = round(rate, 1)
-    for workers in (0, 2):
-        results[f"dataset_vs_decode_on_the_fly_{workers}_workers"] = round(
-            results[f"dataset_{workers}_workers_clips_per_s"] / results[f"decode_on_the_fly_{workers}_workers_clips_per_s"], 2
-        )
-    short = params.model_copy(update={"epoch": "per_video", "cache_mb": 512})
-    for name, persistent in (("respawned", False), ("persistent", True)):
-        make = lambda keep=persistent: ClipLoader(MSCLClips(work / "sample" / "clips.parquet", work / "store.zarr", "dis", short),  # noqa: E731
-                                                  args.batch, num_workers=1, persistent_workers=keep)  # fmt: skip
-        results[f"short_epochs_{name}_worker_clips_per_s"] = round(clips_per_second(make, epochs=6)[0], 1)
-    results["short_epochs_persistent_over_respawned"] = round(
-        results["short_epochs_persistent_worker_clips_per_s"] / results["short_epochs_respawned_worker_clips_per_s"], 2
-    )
-    results.update(training_step_ratio(make_dataset(), args.batch, args.steps))
-    shutil.rmtree(ROOT, ignore_errors=True)
+    work = build(args.videos, args.out)
+    demo = load_params(ROOT / "params.yaml").dataset.model_copy(update={"crop_size": 112, "rotation": True, "epoch": "per_clip"})
+    paper = DatasetParams(rotation=True, epoch="per_clip")
+    results: dict = {"videos": args.videos, "crop": 112, "clip": "8x4", "batch": args.batch}
+    for name, params in (("paper_augmentation", paper), ("demo_augmentation", demo)) if "workers" in args.parts else ():
+        for cache in (0, 512):
+            results[f"{name}_cache_{cache}"] = worker_times(work, params.model_copy(update={"cache_mb": cache}), args.samples, args.batch)
+    if "loaders" in args.parts:
+        results.update(loaders(work, args.out, paper.model_copy(update={"cache_mb": 0}), args.batch, args.workers))
+    if "epochs" in args.parts:
+        results.update(epoch_boundaries(work, paper, args.batch))
+    if "cuda" in args.parts and torch.cuda.is_available():
+        results["cuda"] = gpu_feeding(work, paper, args.gpu_batch, args.workers, args.gpu_steps)
+    shutil.rmtree(args.out, ignore_errors=True)
     print(json.dumps(results, indent=2))
 
 

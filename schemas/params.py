@@ -135,7 +135,7 @@ class DecodeParams(Section):
     fps: float | None = Field(None, gt=0, le=240, description="resample to this frame rate; null keeps the source")
     frame_stride: int = Field(1, ge=1, le=1000, description="keep every n-th decoded frame")
     max_frames: int | None = Field(None, ge=1, description="stop after this many stored frames")
-    chunk_frames: int = Field(8, ge=1, le=1024, description="frames per chunk with zstd and jpeg; the other image codecs store one per chunk")
+    chunk_frames: int = Field(8, ge=1, le=1024, description="frames per chunk with zstd; the image codecs store one per chunk")
     shard_frames: int = Field(256, ge=1, le=65_536)
     timeout_s: float = Field(3600.0, gt=0)
     codec: Literal[FRAME_CODECS] = Field(  # type: ignore[valid-type]
@@ -166,6 +166,7 @@ class DecodeParams(Section):
             del dumped["codec"], dumped["quality"]
         if self.codec == "jpeg":  # 4:4:4 since multi-frame chunks; JPEG stores before were 4:2:0
             dumped["jpeg_subsampling"] = STRIP_SUBSAMPLING
+            dumped["chunk_frames"] = 1  # one frame per chunk since strided reads decode only theirs; strips before
         return dumped
 
     def recorded(self) -> dict[str, Any]:

@@ -110,11 +110,14 @@ def test_the_banded_passes_are_torchs_resize_for_any_box_and_flip():
     tops, lefts = torch.randint(0, 30, (n,)), torch.randint(0, 30, (n,))
     crop = torch.stack([tops, lefts, heights, widths], 1)
     flip = torch.rand(n) < 0.5
-    pixels = torch.randint(0, 256, (n, 6, 120, 150), dtype=torch.uint8)
-    values = torch.randn(n, 4, 120, 150)
+    pixels = torch.randint(0, 256, (n, 2, 120, 150, 3), dtype=torch.uint8).permute(0, 1, 4, 2, 3)  # channels-last frames
+    values = torch.randn(n, 2, 2, 120, 150)
     geo = geometry(crop, flip, size)
-    assert torch.equal(resample_pixels(pixels, geo).to(torch.uint8), resample_by_view(pixels, crop, flip, size))
-    assert torch.allclose(resample(values, geo), resample_by_view(values, crop, flip, size), rtol=0, atol=2e-5)
+    by_view = resample_by_view(pixels, crop, flip, size)  # torch's SIMD kernel for 3-channel uint8
+    assert torch.equal(resample_pixels(pixels.reshape(n, 6, 120, 150), geo).to(torch.uint8), by_view.reshape(n, 6, size, size))
+    assert torch.equal(by_view, resample_by_view(pixels.contiguous().view(n, 1, 6, 120, 150), crop, flip, size).reshape(by_view.shape))
+    floats = resample(values.view(n, 4, 120, 150), geo).view(n, 2, 2, size, size)
+    assert torch.allclose(floats, resample_by_view(values, crop, flip, size), rtol=0, atol=2e-5)
 
 
 def test_flow_vectors_follow_crop_flip_and_rotation_on_a_linear_field():

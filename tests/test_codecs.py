@@ -44,8 +44,8 @@ def write(root, name, frames, **kw):
 def test_image_codecs_store_frames_close_to_the_original(tmp_path, codec):
     frames = demo_frames()
     array = write(tmp_path, "v", frames, codec=codec, quality=90)
-    # JPEG (4:4:4) keeps chunk_frames frames in one image; the others one frame per chunk.
-    assert array.chunks == (4 if codec == "jpeg" else 1, 64, 80, 3) and array.shards == (8, 64, 80, 3)
+    # One frame per chunk (chunk_frames is zstd's): a strided clip decodes only its own frames.
+    assert array.chunks == (1, 64, 80, 3) and array.shards == (8, 64, 80, 3)
     back = array[:]
     assert back.dtype == np.uint8 and back.shape == frames.shape
     assert psnr(back, frames) > 30
@@ -67,15 +67,21 @@ def test_a_plain_zarr_reader_decodes_jpeg_frames_through_the_entry_point(tmp_pat
 
 @pytest.mark.parametrize("height", [64, 61])
 def test_frames_sharing_a_jpeg_chunk_decode_exactly_as_each_frame_alone(tmp_path, height):
-    """A chunk of k frames is one 4:4:4 JPEG of them stacked, each padded to whole 8-row blocks: no
-    frame's pixels depend on its neighbours', whatever the height, in full and partial chunks."""
+    """JPEG strips (stores written before one frame per chunk): a chunk of k frames is one 4:4:4
+    JPEG of them stacked, each padded to whole 8-row blocks, so no frame's pixels depend on its
+    neighbours', whatever the height, in full and partial chunks; zarr and the pipeline's direct
+    reader read them alike, and a frame of a strip is the frame the pipeline now writes alone."""
     imagecodecs = pytest.importorskip("imagecodecs")
     frames = np.ascontiguousarray(demo_frames(10)[:, :height])
-    array = write(tmp_path, "v", frames, codec="jpeg", quality=90)  # chunks of 4: the last holds 2 frames
+    strips = zarr.create_array(store=str(tmp_path / "frames" / "v"), shape=frames.shape, dtype="uint8", chunks=(4, height, 80, 3),
+                               serializer=codecs.ImageCodec(format="jpeg", level=90, subsampling="444"), zarr_format=3)  # fmt: skip
+    strips[:] = frames  # the last chunk holds 2 frames
     alone = [imagecodecs.jpeg8_decode(imagecodecs.jpeg8_encode(frame, level=90, subsampling="444")) for frame in frames]
-    assert np.array_equal(array[:], np.stack(alone))
-    assert np.array_equal(array[5], alone[5]) and np.array_equal(array[8:10], np.stack(alone[8:10]))
-    config = store.array_meta(tmp_path, layout.FRAMES_GROUP, "v")["codecs"][0]["configuration"]["codecs"][0]
+    assert np.array_equal(strips[:], np.stack(alone))
+    assert np.array_equal(strips[5], alone[5]) and np.array_equal(strips[8:10], np.stack(alone[8:10]))
+    singles = write(tmp_path, "w", frames, codec="jpeg", quality=90)
+    assert singles.chunks[0] == 1 and np.array_equal(singles[:], np.stack(alone))
+    config = store.array_meta(tmp_path, layout.FRAMES_GROUP, "w")["codecs"][0]["configuration"]["codecs"][0]
     assert config == {"name": "mscl.image", "configuration": {"format": "jpeg", "level": 90, "subsampling": "444"}}
 
 
@@ -334,3 +340,20 @@ def test_scores_on_the_flow_grid_are_the_same_from_float16_and_fixed_point_flow(
         tables[name] = (tmp_path / name / "frames.parquet").read_bytes(), (tmp_path / name / "clips.parquet").read_bytes()
     assert tables["float16"] == tables["fixed"]
     assert tables["raw"][0] != tables["float16"][0]  # the grid does round the scored flow
+
+
+@pytest.mark.parametrize("layout_name", ["jpeg", "jpeg_strips", "zstd"])
+def test_the_direct_reader_takes_the_frames_zarr_reads(tmp_path, monkeypatch, layout_name):
+    """StoredArray.take reads the shard files itself (ChunkReader): for each layout the pipeline
+    writes, or wrote before (JPEG strips of 4 frames), any frames in any order, repeats and the
+    partial last chunk included, are what zarr reads."""
+    frames = demo_frames(13)
+    if layout_name == "jpeg_strips":
+        monkeypatch.setattr(layout, "frames_chunks", lambda height, width, chunk_frames, codec: (4, height, width, 3))
+    codec = "zstd" if layout_name == "zstd" else "jpeg"
+    array = write(tmp_path, "v", frames, codec=codec, quality=90)
+    assert array.chunks[0] == (1 if layout_name == "jpeg" else 4) and store.ChunkReader.of(array.array) is not None
+    wanted = np.array([12, 0, 5, 5, 11, 3, 8])
+    assert np.array_equal(array.take(wanted), array.array[:][wanted])
+    array._reader = None  # a layout only zarr reads: the same frames through it
+    assert np.array_equal(array.take(wanted), array.array[:][wanted]) and array.take([]).shape == (0, 64, 80, 3)

@@ -100,7 +100,8 @@ def normalise_flow(flow: torch.Tensor, mode: str, bound: float = 20.0) -> torch.
     if mode == "fixed":
         return (flow / bound).clamp_(-1.0, 1.0)
     if mode in ("max_magnitude", "frame_max_magnitude"):
-        top = flow.square().sum(-3).sqrt().amax(dim=(-2, -1)).clamp_min(1e-6)
+        u, v = flow.unbind(-3)  # the longest vector's length: the root of the largest u^2 + v^2 (the same number)
+        top = (u * u + v * v).amax(dim=(-2, -1)).sqrt().clamp_min(1e-6)
         return flow / top[..., None, None, None]
     raise ValueError(f"unknown flow normalisation {mode!r}; allowed: {', '.join(FLOW_NORMS)}")
 

@@ -158,16 +158,21 @@ def resample_pixels(x: torch.Tensor, geo: dict[str, torch.Tensor]) -> torch.Tens
 
 def resample_by_view(x: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
     """What `resample_pixels` (uint8 `x`) or `resample` (float `x`) computes, view by view with
-    torch's own resize: (N, C, H, W) -> (N, C, S, S). On a CPU this is the faster way (torch's
-    kernels are fused and vectorised; the banded passes move every value through memory once per
-    tap), and it is the reference the batched passes are tested against."""
-    out = []
-    for (top, left, height, width), flipped in zip(crop.tolist(), flip.tolist(), strict=True):
-        view = x[len(out) : len(out) + 1, :, top : top + height, left : left + width]
+    torch's own resize: (N, T, C, H, W) frames of any strides -> (N, T, C, S, S), a view of (N, C,
+    T, S, S) memory. On a
+    CPU this is the faster way: torch's kernels are fused and vectorised, and uint8 frames of 3
+    channels laid out channels-last (as the store and the workers keep them) take its SIMD path, 8x
+    faster at 112 px than the T*3 planes of a view in one call; the banded passes move every value
+    through memory once per tap. It is also the reference the batched passes are tested against."""
+    n, t, c = x.shape[:3]
+    out = torch.empty(n, c, t, size, size, dtype=x.dtype if x.dtype == torch.uint8 else torch.float32, device=x.device)
+    out = out.transpose(1, 2)  # laid out as the training batch is (channels before time): no copy to get there
+    for i, ((top, left, height, width), flipped) in enumerate(zip(crop.tolist(), flip.tolist(), strict=True)):
+        view = x[i, :, :, top : top + height, left : left + width]
         view = nnf.interpolate(view if x.dtype == torch.uint8 else view.float(), size=(size, size), mode="bilinear",
                                antialias=True, align_corners=False)  # fmt: skip
-        out.append(view.flip(-1) if flipped else view)
-    return torch.cat(out)
+        out[i] = view.flip(-1) if flipped else view
+    return out
 
 
 # -- colour, as torchvision's uint8 kernels compute it (values kept as whole numbers in float32) --------
@@ -261,7 +266,11 @@ def whole_frame_flow(flow: torch.Tensor, sizes: torch.Tensor, params: DatasetPar
     whole = params.flow_norm == "frame_max_magnitude"
     if params.flow_camera == "none" and not whole:
         return flow
-    for h, w in torch.unique(sizes.cpu(), dim=0).tolist():
+    groups = torch.unique(sizes.cpu(), dim=0).tolist()
+    if groups == [list(flow.shape[-2:])]:  # every sample fills the batch's frames: no gathers
+        flow = subtract_camera(flow, params.flow_camera)
+        return normalise_flow(flow, params.flow_norm) if whole else flow
+    for h, w in groups:
         group = ((sizes[:, 0] == h) & (sizes[:, 1] == w)).nonzero().squeeze(1)
         part = subtract_camera(flow[group][..., :h, :w], params.flow_camera)
         flow[group, ..., :h, :w] = normalise_flow(part, params.flow_norm) if whole else part
@@ -283,28 +292,44 @@ def augment_batch(raw: dict[str, Any], params: DatasetParams, geo: dict[str, tor
     RGB uint8 (B, V, 3, T, S, S), flow and rotated flow float32 (B, V, 2, T, S, S). The crops are
     resized by the batched passes (`batched`; the default off a CPU) or view by view with torch's
     resize (the default on a CPU); both give the same RGB and flow to float32 rounding. `geo`: the
-    views' resize weights (`geometry`), when the caller made them ahead (on the device already)."""
+    views' resize weights (`geometry`), when the caller made them ahead (on the device already).
+
+    On a CPU the batch goes through a sample at a time: the same operations, but each one's
+    tensors stay in the CPU's caches, where whole-batch ones stream through memory (2x faster on
+    the demo's flow: bench/loader.py, cpu_pass)."""
+    if batched is None:
+        batched = raw["rgb"].device.type != "cpu"
+    if batched or len(raw["rgb"]) == 1:
+        return _augment(raw, params, geo, batched)
+    parts = [_augment({k: x[i : i + 1] for k, x in raw.items()}, params, None, False) for i in range(len(raw["rgb"]))]
+    return {k: torch.cat([p[k] for p in parts]) if torch.is_tensor(x) else [y for p in parts for y in p[k]] for k, x in parts[0].items()}
+
+
+def _augment(raw: dict[str, Any], params: DatasetParams, geo: dict[str, torch.Tensor] | None, batched: bool) -> dict[str, Any]:
     rgb = raw["rgb"]
     b, v, t, h, w, _ = rgb.shape
     size = params.crop_size
     device = rgb.device
     crop, flip = raw["crop"].flatten(0, 1), raw["flip"].flatten()
-    if batched is None:
-        batched = device.type != "cpu"
     if batched and geo is None:
         geo = {k: x.to(device) for k, x in geometry(crop, flip, size).items()}
 
-    def crops(x: torch.Tensor) -> torch.Tensor:
-        return (resample_pixels(x, geo) if x.dtype == torch.uint8 else resample(x, geo)) if batched else resample_by_view(x, crop, flip, size)
+    def crops(x: torch.Tensor) -> torch.Tensor:  # (N, T, C, H, W) -> (N, T, C, S, S)
+        if not batched:
+            return resample_by_view(x, crop, flip, size)
+        n, t, c, h, w = x.shape
+        x = x.reshape(n, t * c, h, w)
+        return (resample_pixels(x, geo) if x.dtype == torch.uint8 else resample(x, geo)).view(n, t, c, size, size)
 
-    frames = crops(rgb.permute(0, 1, 2, 5, 3, 4).reshape(b * v, t * 3, h, w)).float().view(b * v, t, 3, size, size)
-    frames = colour(frames, raw, params)
+    frames = crops(rgb.reshape(b * v, t, h, w, 3).permute(0, 1, 4, 2, 3))  # channels-last frames as stored
+    if frames.dtype != torch.uint8 or raw["jitter"].any() or raw["grayscale"].any() or raw["blur_sigma"].any():
+        frames = colour(frames.float(), raw, params).to(torch.uint8)
     out = {key: raw[key] for key in ("start", "crop", "flip", "video_id", "item", "position", "padding", "angle")}
-    out["rgb"] = frames.to(torch.uint8).view(b, v, t, 3, size, size).transpose(2, 3)
+    out["rgb"] = frames.view(b, v, t, 3, size, size).transpose(2, 3)
     if "flow" in raw:
-        flow = raw["flow"].permute(0, 1, 2, 5, 3, 4).float()  # (B, V, T, 2, H, W)
+        flow = raw["flow"].permute(0, 1, 2, 5, 3, 4).to(torch.float32, memory_format=torch.contiguous_format)  # (B, V, T, 2, H, W)
         flow = whole_frame_flow(flow, raw["size"], params)
-        flow = crops(flow.reshape(b * v, t * 2, h, w)).view(b, v, t, 2, size, size)
+        flow = crops(flow.view(b * v, t, 2, h, w)).view(b, v, t, 2, size, size)
         crop = raw["crop"].double()
         scale = torch.stack([size / crop[..., 3], size / crop[..., 2]], dim=-1).float()  # u by width, v by height
         flow = flow * scale.view(b, v, 1, 2, 1, 1)

@@ -436,7 +436,7 @@ class MSCLClips(IterableDataset):
             frames = [np.arange(span.start, span.stop, span.step) for span in spans]
             taken = array.to_pixels(array.take(np.concatenate(frames)))
             return np.split(taken, np.cumsum([len(f) for f in frames])[:-1])
-        whole = array.stored(slice(None))  # kept as stored (fixed-point flow: int16), converted per clip
+        whole = array.take(np.arange(len(array)))  # kept as stored (fixed-point flow: int16), converted per clip
         self._cache[key] = (whole, array.to_pixels)
         self._cache_bytes += whole.nbytes
         while self._cache_bytes > budget:

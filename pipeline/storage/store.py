@@ -225,8 +225,7 @@ def write_frames(
 
     Blocks of any length are regrouped into whole shards so that each shard file is written once.
     `attrs` are stored with the array, plus `num_frames`, once the last frame is written. `codec`:
-    zstd (lossless) or an image format at `quality` (JPEG: chunk_frames frames per chunk; the other
-    formats one).
+    zstd (lossless, `chunk_frames` frames per chunk) or an image format at `quality` (one frame per chunk).
     """
     group = layout.FRAMES_GROUP
     tmp = create_partial(
@@ -378,12 +377,17 @@ class StoredArray:
         writes (`ChunkReader`: a fraction of zarr's cost per chunk), else through zarr."""
         frames = np.asarray(frames, dtype=np.int64)
         size = self.array.chunks[0]
-        needed = np.unique(frames // size).tolist()
-        if self._reader is None:
-            chunks = {c: self.stored(slice(c * size, (c + 1) * size)) for c in needed}
+        needed = np.unique(frames // size)
+        if not len(needed):
+            return np.empty((0, *self.array.shape[1:]), self.array.dtype)
+        if self._reader is None:  # through zarr: each run of consecutive chunks in one read
+            chunks = {}
+            for run in np.split(needed, np.flatnonzero(np.diff(needed) != 1) + 1):
+                block = self.stored(slice(int(run[0]) * size, (int(run[-1]) + 1) * size))
+                chunks.update({c: block[(c - run[0]) * size : (c - run[0] + 1) * size] for c in run.tolist()})
         else:
             chunks = {}
-            for c in needed:
+            for c in needed.tolist():
                 try:
                     chunks[c] = self._reader.chunk(c)
                 except Exception as exc:
@@ -544,6 +548,12 @@ class ChunkReader:
         if offset == EMPTY_CHUNK:
             return np.full(self.array.chunks, self.array.fill_value, self.array.dtype)
         data = self._read(key, offset, length)
-        if len(data) != length or google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
-            raise ValueError(f"chunk {index} fails its checksum (bytes {offset}-{offset + length} of shard file {key})")
+        if len(data) != length:
+            raise ValueError(f"chunk {index}: shard file {key} ends before its bytes {offset}-{offset + length}")
+        return self.unpack(data, f"chunk {index} (bytes {offset}-{offset + length} of shard file {key})")
+
+    def unpack(self, data: bytes, where: str) -> np.ndarray:
+        """A chunk's stored bytes, its CRC32C checked, decoded (`where` names it in the error)."""
+        if google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
+            raise ValueError(f"{where} fails its checksum")
         return self.decode(data[:-4])
