@@ -11,8 +11,10 @@ failures into results (see stages/): an exception escaping it is a bug and stops
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from collections import deque
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -78,9 +80,14 @@ def map_progress(
     unit: str = "item",
     weight: Callable[[T], int] = lambda item: 1,
     noun: str = "videos",
+    ahead: Callable[[T], object] | None = None,
 ) -> Iterator[R]:
     """Yield fn(item) for every item, showing a bar of `unit`s (each item counts `weight(item)`) and
-    how many of the items (`noun`) are done."""
+    how many of the items (`noun`) are done.
+
+    With `ahead`, the items run in this process, in order, as fn(item, future of ahead(item)),
+    while `workers` threads run `ahead` for the next items: for work that one process must own (a
+    model on a GPU: one CUDA context, full batches), fed by reading and decoding around it."""
     if not items:
         return
     total = sum(weight(item) for item in items)
@@ -94,6 +101,11 @@ def map_progress(
         bar.set_postfix_str(f"{done}/{len(items)} {noun}", refresh=False)
 
     try:
+        if ahead is not None:
+            for item, result in _ahead_of(fn, items, ahead, workers or default_workers()):
+                advance(item)
+                yield result
+            return
         with dask_client(scheduler, workers) as client:
             if client is None:
                 for item in items:
@@ -110,3 +122,20 @@ def map_progress(
                 yield result
     finally:
         bar.close()
+
+
+def _ahead_of(fn: Callable, items: Sequence[T], ahead: Callable[[T], object], threads: int) -> Iterator[tuple[T, R]]:
+    """(item, fn(item, future of ahead(item))) in order, `ahead` running up to 2 x `threads` items
+    ahead in a pool of threads (they release the GIL in decoders and I/O)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="ahead") as pool:
+        pending: deque = deque()
+        rest = iter(items)
+        for item in itertools.islice(rest, 2 * threads):
+            pending.append((item, pool.submit(ahead, item)))
+        while pending:
+            item, future = pending.popleft()
+            for more in itertools.islice(rest, 1):
+                pending.append((more, pool.submit(ahead, more)))
+            yield item, fn(item, future)

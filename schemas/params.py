@@ -227,7 +227,7 @@ class FarnebackParams(Section):
 class RAFTParams(Section):
     weights: str = Field("torchvision", description='checkpoint path, or "torchvision" for its cache')
     iterations: int = Field(12, ge=1, le=64)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1, description="frame pairs a forward pass (halved while the device runs out of memory)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

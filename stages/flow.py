@@ -17,7 +17,9 @@ fingerprint (frames + method + params) is unchanged.
 
 from __future__ import annotations
 
+import functools
 import json
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -149,14 +151,15 @@ def task_windows(task: FlowTask) -> Iterator[tuple[int, np.ndarray]]:
     raise DecodeError(f"{task.relpath}: decoding it again gave {seen} frames, fewer than the store's; re-run the decode stage")
 
 
-def flow_task(task: FlowTask) -> dict[str, Any]:
+def flow_task(task: FlowTask, windows: Future | None = None, estimator: FlowEstimator | None = None) -> dict[str, Any]:
     """Flow for pairs [start, stop) of one video, written into its partial array; returns the stats.
-    Frames the estimator cannot use give {"error": message} instead of raising."""
+    Frames the estimator cannot use give {"error": message} instead of raising. `windows`: the
+    task's `task_windows`, read ahead (a future of their list); `estimator`: this process's own."""
     flat, stats = 0, {name: [] for name in STAT_NAMES}
     try:
-        for start, frames in task_windows(task):
+        for start, frames in task_windows(task) if windows is None else windows.result():
             flat += int((np.ptp(frames.reshape(len(frames), -1), axis=1) == 0).sum())
-            flow = _estimator(task.params).estimate(np.asarray(frames))
+            flow = (estimator or _estimator(task.params)).estimate(np.asarray(frames))
             if not np.isfinite(flow).all():
                 return {"task": task, "error": "the estimator returned NaN or infinite flow"}
             store.open_partial(task.partial)[start : start + len(flow)] = codecs.stored_flow(flow, task.params.precision)
@@ -169,6 +172,20 @@ def flow_task(task: FlowTask) -> dict[str, Any]:
             raise faults.fault(exc, task.relpath, task.partial, needed=_task_bytes(task)) from None
         raise
     return {"task": task, "flat_frames": flat, "stats": stats}
+
+
+def _windows(task: FlowTask) -> list[tuple[int, np.ndarray]]:
+    return list(task_windows(task))
+
+
+def _owns_the_device(estimator: FlowEstimator | None, scheduler: str | None) -> bool:
+    """Whether this process runs every task's estimate itself: a model on a GPU (RAFT on CUDA), with
+    the local scheduler. One process then holds the one CUDA context and sends full batches, where
+    a worker per core would each hold a context, its own copy of the model and a share of the
+    batches; the workers' part (reading and decoding the frames) runs in threads ahead of it. An
+    existing cluster (`--scheduler tcp://...`) keeps its own placement: a worker per GPU there."""
+    device = getattr(estimator, "device", None)
+    return device is not None and device.type == "cuda" and scheduler in (None, "", "local")
 
 
 def _task_bytes(task: FlowTask) -> int | None:
@@ -334,9 +351,14 @@ def _recode_all(plan: _Plan, params: FlowParams, outcome: _Outcome) -> None:
 def _compute_all(plan: _Plan, params: FlowParams, outcome: _Outcome, scheduler: str | None, workers: int | None) -> None:
     """Run the planned tasks in parallel; publish each video's array once all its tasks are back."""
     # Built here first so that a problem (missing RAFT weights) stops the run before any work.
-    estimator_info = make_estimator(params).describe() if plan.tasks else None
-    results = map_progress(flow_task, plan.tasks, scheduler=scheduler, workers=workers, desc="extract-flow", unit="pair",
-                           weight=lambda task: task.stop - task.start, noun="tasks")  # fmt: skip
+    estimator = make_estimator(params) if plan.tasks else None
+    estimator_info = estimator.describe() if estimator else None
+    if _owns_the_device(estimator, scheduler):  # RAFT on the GPU here; the frames read in threads around it
+        results = map_progress(functools.partial(flow_task, estimator=estimator), plan.tasks, workers=workers, ahead=_windows,
+                               desc="extract-flow", unit="pair", weight=lambda task: task.stop - task.start, noun="tasks")  # fmt: skip
+    else:
+        results = map_progress(flow_task, plan.tasks, scheduler=scheduler, workers=workers, desc="extract-flow", unit="pair",
+                               weight=lambda task: task.stop - task.start, noun="tasks")  # fmt: skip
     for result in _discarding_on_fault(results, plan.pending):
         task: FlowTask = result["task"]
         video = plan.pending[task.video_id]

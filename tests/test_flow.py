@@ -8,6 +8,8 @@ from conftest import FIXTURES
 from pipeline.data import synth
 from pipeline.flow.estimators import DIS, RAFT, TVL1, Farneback, FlowError, RAFTConfig, RaftWeightsMissing, TVL1Config
 from pipeline.io.decode import DecodeSpec, iter_frame_blocks
+from pipeline.storage import store
+from pipeline.storage.tables import read_table
 from schemas.params import FlowParams
 from stages import flow as flow_stage
 
@@ -117,6 +119,30 @@ def test_raft_pads_batches_and_crops_back(random_raft_weights):
     assert batched.describe()["method"] == "raft_small"
 
 
+def test_raft_halves_its_batch_when_the_device_runs_out_of_memory(random_raft_weights, caplog):
+    """A batch too large for the device is not a failure: the batch is halved until it fits and the
+    flow is the flow of any batch size; the batch it settled on is kept and named in a warning."""
+    import torch
+
+    _, frames = fixture_frames("rotate_zoom.webm", 6)
+    raft = RAFT(RAFTConfig(weights=str(random_raft_weights), iterations=2, batch_size=4, device="cpu"))
+    model, sizes = raft.model, []
+
+    def small_device(first, second, **kwargs):
+        sizes.append(len(first))
+        if len(first) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return model(first, second, **kwargs)
+
+    raft.model = small_device
+    with caplog.at_level("WARNING"):
+        flow = raft.estimate(frames)
+    assert sizes == [4, 2, 2, 1] and raft.batch_size == 2
+    assert "out of device memory at 4 frame pairs a batch; going on at 2 (flow.raft_small.batch_size)" in caplog.text
+    single = RAFT(RAFTConfig(weights=str(random_raft_weights), iterations=2, batch_size=1, device="cpu"))
+    np.testing.assert_allclose(flow, single.estimate(frames), atol=1e-4)
+
+
 def test_raft_without_weights_says_how_to_supply_them(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(RaftWeightsMissing, match=r"never downloaded.*raft_small_C_T_V2-01064c6d\.pth"):
@@ -140,3 +166,28 @@ def test_raft_with_pretrained_weights_recovers_the_known_motion(clips):
     raft = RAFT(RAFTConfig(weights=_real_raft_weights(), iterations=12, device="cpu"))
     for name, (truth, frames) in clips.items():
         assert epe(truth, raft.estimate(frames)) < 0.5, name
+
+
+def test_raft_on_a_gpu_runs_in_one_process_fed_by_threads_with_the_same_flow(fixture_flowed, random_raft_weights, tmp_path, monkeypatch):
+    """With RAFT on CUDA the stage runs every estimate in its own process (one CUDA context, full
+    batches) while threads read the next tasks' frames: the same arrays and stats as the workers'
+    way. Here on the CPU, the choice forced."""
+    import shutil
+
+    params = FlowParams(method="raft_small", pairs_per_task=8, shard_frames=8,
+                        raft_small={"weights": str(random_raft_weights), "iterations": 1, "batch_size": 4, "device": "cpu"})  # fmt: skip
+    made = []
+    for name, owns in (("workers", False), ("one_process", True)):
+        root = tmp_path / name
+        shutil.copytree(fixture_flowed / "store.zarr" / "frames", root / "store.zarr" / "frames")
+        monkeypatch.setattr(flow_stage, "_owns_the_device", lambda estimator, scheduler, owns=owns: owns)
+        calls = []
+        monkeypatch.setattr(flow_stage, "_windows", lambda task, calls=calls: calls.append(task) or list(flow_stage.task_windows(task)))
+        summary = flow_stage.run(params, fixture_flowed / "decode", root / "store.zarr", root / "flow", scheduler="sync")
+        assert summary.counts["computed"] == 5 and bool(calls) == owns
+        made.append(root)
+    videos = read_table(made[0] / "flow" / "videos.parquet").to_pylist()
+    assert videos == read_table(made[1] / "flow" / "videos.parquet").to_pylist()
+    for row in videos:
+        a, b = (store.open_flow(root / "store.zarr", "raft_small", row["video_id"])[:] for root in made)
+        assert np.array_equal(a, b), row["video_id"]

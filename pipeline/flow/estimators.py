@@ -8,6 +8,7 @@ Flow is in pixels of the given frames, u along x (right), v along y (down).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +17,8 @@ import cv2
 import numpy as np
 
 from schemas.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class FlowError(ValueError):
@@ -175,7 +178,7 @@ class RAFTConfig:
     size: str = "small"  # small | large
     weights: str = "torchvision"
     iterations: int = 12
-    batch_size: int = 8
+    batch_size: int = 64  # frame pairs a forward pass (halved while the device runs out of memory)
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda
 
 
@@ -199,6 +202,7 @@ class RAFT:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
+        self.batch_size = config.batch_size
         self._torch = torch
 
     @staticmethod
@@ -225,17 +229,26 @@ class RAFT:
         height, width = frames.shape[1:3]
         # RAFT works at 1/8 resolution: pad to a multiple of 8 (replicating edges), crop back after.
         pad_h, pad_w = (-height) % 8, (-width) % 8
-        images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        if pad_h or pad_w:
-            images = torch.nn.functional.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
-        out = np.empty((len(frames) - 1, height, width, 2), np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(frames) - 1, self.config.batch_size):
-                stop = min(start + self.config.batch_size, len(frames) - 1)
-                first = images[start:stop].to(self.device)
-                second = images[start + 1 : stop + 1].to(self.device)
-                flow = self.model(first, second, num_flow_updates=self.config.iterations)[-1]
+        with torch.inference_mode():  # the frames cross as uint8 and are scaled on the device
+            images = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            if pad_h or pad_w:
+                images = torch.nn.functional.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+            out = np.empty((len(frames) - 1, height, width, 2), np.float32)
+            start = 0
+            while start < len(frames) - 1:
+                stop = min(start + self.batch_size, len(frames) - 1)
+                try:
+                    flow = self.model(images[start:stop], images[start + 1 : stop + 1], num_flow_updates=self.config.iterations)[-1]
+                except torch.OutOfMemoryError:
+                    if self.batch_size == 1:
+                        raise
+                    torch.cuda.empty_cache()
+                    self.batch_size //= 2  # each pair's flow does not depend on its batch: only the rate changes
+                    log.warning("RAFT: out of device memory at %d frame pairs a batch; going on at %d (flow.%s.batch_size)",
+                                self.batch_size * 2, self.batch_size, self.name)  # fmt: skip
+                    continue
                 out[start:stop] = flow[:, :, :height, :width].permute(0, 2, 3, 1).cpu().numpy()
+                start = stop
         return out
 
     def describe(self) -> dict:
