@@ -277,3 +277,19 @@ def test_chance_losses_are_a_uniform_softmax_over_each_losss_candidates():
     # What InfoNCE gives when the query is alike to its key and to every negative:
     query = torch.nn.functional.normalize(torch.ones(1, 4), dim=1)
     assert float(mscl_module.info_nce(query, query, query.expand(16, 4), 0.2)) == pytest.approx(log17, abs=1e-5)
+
+
+def test_the_queue_pointer_is_followed_on_the_host_and_reloaded_with_a_state():
+    """enqueue reads queue_ptr from the device once (a read each step would wait for the GPU), then
+    follows it itself; loading a state (a resumed run) makes it read the loaded pointer again."""
+    model = MSCL(TINY.model_copy(update={"queue_size": 12, "batch_size": 4}))
+    _, _, keys = model(clip_batch(b=4), 0.99)
+    model.enqueue(keys)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.enqueue(keys)
+    assert int(model.queue_ptr) == model._ptr == 8
+    model.load_state_dict(state)
+    assert model._ptr is None and int(model.queue_ptr) == 4
+    model.enqueue(keys)
+    model.enqueue(keys)
+    assert int(model.queue_ptr) == 0 and torch.equal(model.rgb_queue[:4], keys["rgb"])  # wrapped round from 4

@@ -92,6 +92,9 @@ class MSCL(nn.Module):
             self.flow_key = self._key_copy(self.flow)
             self.register_buffer("flow_queue", F.normalize(torch.randn(p.queue_size, p.embed_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        # queue_ptr read once and then followed here: reading it each step would wait for the device.
+        self._ptr: int | None = None
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_ptr", None))
 
     @staticmethod
     def _key_copy(encoder: Encoder) -> Encoder:
@@ -127,13 +130,14 @@ class MSCL(nn.Module):
     def enqueue(self, keys: dict[str, torch.Tensor]) -> None:
         """Push this step's keys (from every rank) over the oldest entries of each queue; a queue
         smaller than the global batch keeps the newest of them."""
-        ptr = int(self.queue_ptr)
+        ptr = int(self.queue_ptr) if self._ptr is None else self._ptr
         size = self.params.queue_size
         for name, key in keys.items():
             key = _gather(key.detach().float())[-size:]
             queue = getattr(self, f"{name}_queue")
             queue[(ptr + torch.arange(len(key), device=key.device)) % size] = key
-        self.queue_ptr.fill_((ptr + len(key)) % size)
+        self._ptr = (ptr + len(key)) % size
+        self.queue_ptr.fill_(self._ptr)
 
     # -- one step ---------------------------------------------------------------------------------
 
