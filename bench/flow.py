@@ -11,7 +11,10 @@ pipeline beforehand (not timed). Measured, in pairs per second:
   - stage_tvl1_1_worker / _W_workers: `extract-flow` with method tvl1 (cluster start-up included);
   - stage_tvl1_fast_1_worker / _W_workers: the same with the speed preset.
 Accuracy: mean end-point error (px) of tvl1 and tvl1_fast against the ground truth, away from
-borders and occlusions. Prints one JSON object.
+borders and occlusions. Where CUDA is (or with `--raft yes`): RAFT large and small alone at
+batches of 8 to 64 frame pairs, and the flow stage with each at its default batch, as a ratio of
+the estimator's best rate. `--store DIR` runs only that, on a work folder of
+`bench/loader.py --build-only` (a GPU machine has no FFmpeg). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -100,12 +103,68 @@ def epe(store_path: Path, method: str, rows: list[dict], truths: dict[str, synth
     return round(float(np.concatenate(errors).mean()), 4)
 
 
+def raft(work: Path, rows: list[dict], device: str, batches: list[int], workers: int, iterations: int) -> dict:
+    """RAFT (large and small) on `device`: the estimator alone over every video's frames at each
+    batch size, then the flow stage at its default batch (on CUDA: one process holds the model, the
+    frames read by threads ahead of it), as a ratio of the estimator's best rate. Random weights:
+    the rate does not depend on them, and none are downloaded."""
+    import torch
+    from torchvision.models import optical_flow
+
+    from pipeline.flow.estimators import RAFT, RAFTConfig
+
+    frames = [store.open_frames(work / "store.zarr", row["video_id"])[:] for row in rows]
+    pairs = sum(len(f) - 1 for f in frames)
+    out: dict = {"device": device, "pairs": pairs, "iterations": iterations}
+    for size in ("large", "small"):
+        weights = work / f"raft_{size}_random.pth"
+        torch.save(getattr(optical_flow, f"raft_{size}")(weights=None).state_dict(), weights)
+        rates = {}
+        for batch in batches:
+            estimator = RAFT(RAFTConfig(size=size, weights=str(weights), iterations=iterations, batch_size=batch, device=device))
+            estimator.estimate(frames[0][: batch + 1])  # warm-up: kernels chosen, memory allocated
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for video in frames:
+                estimator.estimate(video)
+            rates[batch] = pairs / (time.perf_counter() - start)
+            out[f"raft_{size}_estimator_batch_{batch}_pairs_per_s"] = round(rates[batch], 1)
+            del estimator
+        params = FlowParams(method=f"raft_{size}", **{f"raft_{size}": {"weights": str(weights), "iterations": iterations, "device": device}})
+        store_path = work / f"stage_raft_{size}.zarr"
+        shutil.rmtree(store_path, ignore_errors=True)
+        shutil.copytree(work / "store.zarr" / "frames", store_path / "frames")
+        start = time.perf_counter()
+        summary = flow_stage.run(params, work / "decode", store_path, work / f"stage_raft_{size}", workers=workers)
+        seconds = time.perf_counter() - start
+        assert summary.counts.get("computed") == len(rows), summary.text()
+        best = max(rates.values())
+        out[f"stage_raft_{size}_batch_{getattr(params, f'raft_{size}').batch_size}_pairs_per_s"] = round(pairs / seconds, 1)
+        out[f"stage_raft_{size}_over_best_estimator"] = round(pairs / seconds / best, 3)
+        out[f"raft_{size}_best_batch"] = max(rates, key=rates.get)
+        for made in (store_path, work / f"stage_raft_{size}"):
+            shutil.rmtree(made, ignore_errors=True)
+        weights.unlink()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=8)
     parser.add_argument("--frames", type=int, default=13)
     parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--raft", choices=["auto", "yes", "no"], default="auto", help="RAFT's section (auto: where CUDA is)")
+    parser.add_argument("--raft-device", default="cuda")
+    parser.add_argument("--raft-batches", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--raft-iterations", type=int, default=12)
+    parser.add_argument("--store", type=Path, default=None,
+                        help="RAFT alone on a work folder with decode/ and store.zarr/frames (bench/loader.py --build-only), kept")  # fmt: skip
     args = parser.parse_args()
+    if args.store is not None:  # where there is no FFmpeg or TV-L1 (a GPU machine): RAFT on carried frames
+        rows = read_table(args.store / "decode" / "decoded.parquet").to_pylist()
+        print(json.dumps(raft(args.store, rows, args.raft_device, args.raft_batches, args.workers, args.raft_iterations), indent=2))
+        return
     cv2.setNumThreads(1)  # the plain loop and the mmaction2-style baseline are single-process, single-thread
 
     videos, truths = make_inputs(args.videos, args.frames)
@@ -141,6 +200,10 @@ def main() -> None:
     results["tvl1_fast_speedup_vs_tvl1"] = round(
         results[f"stage_tvl1_fast_{args.workers}_workers_pairs_per_s"] / results[f"stage_tvl1_{args.workers}_workers_pairs_per_s"], 2
     )
+    import torch
+
+    if args.raft == "yes" or (args.raft == "auto" and torch.cuda.is_available()):
+        results["raft"] = raft(work, rows, args.raft_device, args.raft_batches, args.workers, args.raft_iterations)
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
 

@@ -27,9 +27,12 @@ every sample two views of RGB, flow and rotated flow), in one run:
 - **Epoch boundaries**: short per-video epochs (12 videos, batch 8: two batches an epoch) through
   one worker, the loader's stream running on from epoch to epoch against a stream restarted each
   epoch (a DataLoader pass per epoch, its worker idle at each end and its cache lost).
-- **On CUDA only**: the paper-scale MSCL and RGB-only steps (r3d_18, flow encoder at 0.25 width,
-  batch `--gpu-batch`, float16) fed by the loader (`--workers`, every clip from the store) against
-  the same step fed from memory.
+- **The trainer** (on CUDA where present, or on `--device`): its own step (`pipeline.trainer`) at
+  the paper's scale (r3d_18, flow encoder at 0.25 width, batch `--train-batch`, float16 on CUDA)
+  for MSCL and RGB-only, fed from device memory (one batch over and over), by its loader
+  (`--workers`, every clip from the store, augmented on the device) and by the loader before
+  issue 24 (per-sample augmentation in the workers). `--store` takes a work folder made by
+  `--build-only` (carried to a GPU machine without FFmpeg).
 
 Prints one JSON object.
 """
@@ -75,7 +78,7 @@ WORK = ROOT / "data" / "bench" / "loader"
 LABELS = ["slide_horizontal", "slide_vertical", "rotate", "zoom_in", "zoom_out", "oscillate"]
 
 
-def build(videos: int, root: Path) -> Path:
+def build(videos: int, root: Path, today: bool = True) -> Path:
     """Demo-like videos through probe, decode (JPEG q90 frames) and flow (DIS, 1/32 px fixed point:
     the DAG's store; the method does not matter for loading), then sample. Returns the work folder."""
     shutil.rmtree(root, ignore_errors=True)
@@ -87,6 +90,8 @@ def build(videos: int, root: Path) -> Path:
     decode_stage.run(DecodeParams(codec="jpeg", quality=90), work / "manifest", root / "videos", work / "store.zarr", work / "decode", scheduler="sync")
     flow_stage.run(FlowParams(method="dis", precision=1 / 32), work / "decode", work / "store.zarr", work / "flow", scheduler="sync")
     sample_stage.run(SampleParams(), work / "flow", work / "store.zarr", work / "sample", scheduler="sync")
+    if not today:
+        return work
     with jpeg_strips():  # the store as it was before: the same pixels, 8 frames a JPEG chunk
         decode_stage.run(DecodeParams(codec="jpeg", quality=90), work / "manifest", root / "videos", work / "today.zarr",
                          work / "decode_today", scheduler="sync")  # fmt: skip
@@ -317,63 +322,92 @@ def epoch_boundaries(work: Path, params: DatasetParams, batch: int, epochs: int 
     return out
 
 
-# -- on CUDA ----------------------------------------------------------------------------------------
+# -- the trainer on the device --------------------------------------------------------------------
 
 
-def gpu_feeding(work: Path, params: DatasetParams, batch: int, workers: int, steps: int) -> dict:
-    """Paper-scale steps on CUDA fed from memory against fed by the loader (every clip from the store)."""
-    from pipeline.models.mscl import MSCL
-    from pipeline.trainer import make_deterministic
+class TodayClips(torch.utils.data.IterableDataset):
+    """The loader before issue 24, for the "today" arm: every worker reads and augments each
+    sample on its own (read, torchvision view by view, FRA), the DataLoader collates dicts of
+    samples, and the trainer moves them to the device (`to_device`). Epoch after epoch."""
 
-    device = torch.device("cuda")
-    make_deterministic(device)
-    train = load_params(ROOT / "params.yaml").train.model_copy(update={
-        "encoder": "r3d_18", "flow_width_ratio": 0.25, "flow_blocks": (2, 2, 2, 2), "batch_size": batch, "queue_size": 4096,
-        "head_bn": False, "local_dim": 128})  # fmt: skip
-    out = {"gpu_batch": batch, "gpu_workers": workers}
+    def __init__(self, dataset: MSCLClips):
+        self.dataset, self.augment = dataset, ViewAugment(dataset.params)
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        epoch = 0
+        while True:
+            items, _ = self.dataset.plan(epoch)
+            if worker is not None:
+                items = items[worker.id :: worker.num_workers]
+            for item in items:
+                video_id, starts, angle, seeds = self.dataset.draw(int(item), epoch=epoch)
+                rgbs, flows = [], []
+                for (rgb, flow), seed in zip(self.dataset.read_views(video_id, starts), seeds, strict=True):
+                    rgb, flow, _ = self.augment(rgb, flow, seed)
+                    rgbs.append(rgb.permute(1, 0, 2, 3))
+                    if flow is not None:
+                        flows.append(flow.permute(1, 0, 2, 3))
+                sample = {"rgb": torch.stack(rgbs), "video_id": video_id}
+                if flows:
+                    flow = torch.stack(flows)
+                    sample["flow"] = flow.half()
+                    sample["flow_rot"] = rotate_vectors(flow.transpose(1, 2), angle).transpose(1, 2).half()
+                yield sample
+            epoch += 1
+
+
+def feeding(work: Path, params: DatasetParams, device: str, batch: int, workers: int, steps: int, scale: str) -> dict:
+    """The trainer's own step (`pipeline.trainer`: its model, optimiser, float16 autocast and
+    scaler on CUDA, gradient clipping, losses read every `log_every` steps) fed three ways: one
+    batch over and over from device memory; by its own loader (`ClipLoader` + `DeviceFeed`, every
+    clip from the store); and by the loader before issue 24 (`TodayClips`)."""
+    from pipeline import trainer
+    from pipeline.data.dataset import to_device
+
+    train = load_params(ROOT / "params.yaml").train
+    if scale == "paper":  # the paper's RGB encoder and batch, the flow encoder at a quarter width
+        train = train.model_copy(update={"encoder": "r3d_18", "flow_width_ratio": 0.25, "flow_blocks": (2, 2, 2, 2),
+                                         "queue_size": 4096, "head_bn": False, "local_dim": 128})  # fmt: skip
+    train = train.model_copy(update={"batch_size": batch, "num_workers": workers, "device": device, "epochs": 10_000})
+    params = params.model_copy(update={"cache_mb": 0, "epoch": "per_clip"})
+    out = {"device": device, "batch": batch, "workers": workers, "steps": steps, "scale": scale}
     for method in ("mscl", "rgb_only"):
-        torch.manual_seed(0)
-        model = MSCL(train, method, flow_input=params.flow_input).to(device).train()
-        optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
-        scaler = torch.amp.GradScaler("cuda")
+        run = trainer._build(train, params, method, work / "sample" / "clips.parquet", work / "store.zarr", "dis")
+        run.model.train()
 
-        def step(data):
-            with torch.autocast("cuda", dtype=torch.float16):
-                loss, _, keys = model(data, 0.99)
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            model.enqueue(keys)
+        def endless(feed):
+            while True:
+                yield from feed
 
-        dataset_params = params.model_copy(update={"rotation": method == "mscl", "cache_mb": 0, "epoch": "per_clip"})
-        dataset = MSCLClips(work / "sample" / "clips.parquet", work / "store.zarr", "dis", dataset_params, with_flow=method == "mscl")
-        loader = ClipLoader(dataset, batch, num_workers=workers, pin_memory=True, drop_last=True, prefetch_factor=4)
-        feed = DeviceFeed(loader, device)
-        first = next(iter(feed))
-        for _ in range(3):
-            step(first)
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        for _ in range(steps):
-            step(first)
-        torch.cuda.synchronize()
-        memory = (time.perf_counter() - started) / steps
-        done, started = 0, None
-        while done < steps + 3:
-            for data in feed:
-                step(data)
-                done += 1
-                if done == 3:
-                    torch.cuda.synchronize()
+        def timed(batches) -> float:
+            for i in range(steps + 3):
+                trainer._step(run, train, next(batches), 0)
+                if run.step % train.log_every == 0:
+                    trainer.read_losses(run)
+                if i == 2:
+                    if run.device.type == "cuda":
+                        torch.cuda.synchronize()
                     started = time.perf_counter()
-                if done == steps + 3:
-                    break
-        torch.cuda.synchronize()
-        fed = (time.perf_counter() - started) / steps
-        loader.close()
-        out[method] = {"memory_clips_per_s": round(batch / memory, 1), "loader_clips_per_s": round(batch / fed, 1),
-                       "loader_over_memory": round(memory / fed, 3)}  # fmt: skip
+            trainer.read_losses(run)
+            if run.device.type == "cuda":
+                torch.cuda.synchronize()
+            return batch * steps / (time.perf_counter() - started)
+
+        fed = endless(run.feed)
+        first = next(fed)
+        row = {"memory_clips_per_s": timed(iter(lambda: first, None)), "loader_clips_per_s": timed(fed)}
+        run.feed.close()
+        today = TodayClips(MSCLClips(work / "sample" / "clips.parquet", work / "store.zarr", "dis", run.dataset.params,
+                                     with_flow=method == "mscl"))  # fmt: skip
+        loader = torch.utils.data.DataLoader(today, batch, num_workers=workers, pin_memory=run.device.type == "cuda",
+                                             drop_last=True, persistent_workers=workers > 0)  # fmt: skip
+        row["today_loader_clips_per_s"] = timed(to_device(b, run.device) for b in loader)
+        row = {k: round(v, 1) for k, v in row.items()}
+        row["loader_over_memory"] = round(row["loader_clips_per_s"] / row["memory_clips_per_s"], 3)
+        row["today_over_memory"] = round(row["today_loader_clips_per_s"] / row["memory_clips_per_s"], 3)
+        out[method] = row
+        del loader, run
     return out
 
 
@@ -383,16 +417,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--samples", type=int, default=96, help="samples timed per path and setting")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--gpu-batch", type=int, default=128)
-    parser.add_argument("--gpu-steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=WORK, help="work folder (removed at the end)")
-    parser.add_argument("--parts", nargs="+", default=["workers", "loaders", "epochs", "cuda"],
-                        choices=["workers", "loaders", "epochs", "cuda"], help="what to measure (cuda: where CUDA is)")  # fmt: skip
+    parser.add_argument("--parts", nargs="+", default=["workers", "loaders", "epochs", "train"],
+                        choices=["workers", "loaders", "epochs", "train"], help="what to measure (train: where CUDA is, or on --device)")  # fmt: skip
+    parser.add_argument("--store", type=Path, default=None, help="a work folder from --build-only (kept): no FFmpeg needed for train")
+    parser.add_argument("--build-only", action="store_true", help="build the work folder at --out and keep it (to carry to a GPU)")
+    parser.add_argument("--device", default=None, help="the trainer's device for train (default: cuda where present)")
+    parser.add_argument("--train-batch", type=int, default=128)
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--scale", choices=["paper", "params"], default="paper", help="train's model: the paper's, or params.yaml's")
     args = parser.parse_args()
-    work = build(args.videos, args.out)
+    if args.build_only:
+        build(args.videos, args.out, today=False)
+        return
+    work = args.store or build(args.videos, args.out)
     demo = load_params(ROOT / "params.yaml").dataset.model_copy(update={"crop_size": 112, "rotation": True, "epoch": "per_clip"})
     paper = DatasetParams(rotation=True, epoch="per_clip")
-    results: dict = {"videos": args.videos, "crop": 112, "clip": "8x4", "batch": args.batch}
+    results: dict = {"videos": len(read_table(work / "decode" / "decoded.parquet")), "crop": 112, "clip": "8x4", "batch": args.batch}
     for name, params in (("paper_augmentation", paper), ("demo_augmentation", demo)) if "workers" in args.parts else ():
         for cache in (0, 512):
             results[f"{name}_cache_{cache}"] = worker_times(work, params.model_copy(update={"cache_mb": cache}), args.samples, args.batch)
@@ -400,9 +441,11 @@ def main() -> None:
         results.update(loaders(work, args.out, paper.model_copy(update={"cache_mb": 0}), args.batch, args.workers))
     if "epochs" in args.parts:
         results.update(epoch_boundaries(work, paper, args.batch))
-    if "cuda" in args.parts and torch.cuda.is_available():
-        results["cuda"] = gpu_feeding(work, paper, args.gpu_batch, args.workers, args.gpu_steps)
-    shutil.rmtree(args.out, ignore_errors=True)
+    device = args.device or ("cuda" if torch.cuda.is_available() else None)
+    if "train" in args.parts and device:
+        results["train"] = feeding(work, paper, device, args.train_batch, args.workers, args.train_steps, args.scale)
+    if args.store is None:
+        shutil.rmtree(args.out, ignore_errors=True)
     print(json.dumps(results, indent=2))
 
 

@@ -8,7 +8,9 @@ stayed finite: speed is worth nothing if a run cannot be repeated.
     python bench/train_step.py [--params params.yaml] [--steps 12] [--threads N]
 
 Prints JSON: per configuration the median seconds per step, clips/s, the speed-up over float32,
-`deterministic` and `finite`.
+`deterministic` and `finite`. With `--device cuda` instead: the step at the paper's scale under
+cuDNN's deterministic algorithms (the trainer's default), benchmark mode, channels-last weights and
+torch.compile, each against the deterministic one (`device_variants`).
 """
 
 from __future__ import annotations
@@ -58,15 +60,87 @@ def run_steps(params, method: str, batch: dict[str, torch.Tensor], amp: bool, st
     return times, losses
 
 
+def device_variants(train, dataset, device: str, steps: int, variants: list[str]) -> dict:
+    """The trainer's step on `device` (float16 autocast and a gradient scaler on CUDA) under each of
+    `variants`: `deterministic` (cuDNN's deterministic algorithms: what `train.deterministic: true`
+    sets), `benchmark` (cuDNN picks the fastest for each shape), `benchmark_channels_last` (the
+    weights as channels-last 3-D), `benchmark_compile` (each encoder through torch.compile), for
+    MSCL and RGB-only, on a random batch already on the device. Median seconds per step."""
+    from pipeline.trainer import make_deterministic
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    generator = torch.Generator().manual_seed(0)
+    shape = (train.batch_size, 2, 3, 8, dataset.crop_size, dataset.crop_size)
+    rgb = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+    flow = torch.randn(train.batch_size, 2, 2, 8, dataset.crop_size, dataset.crop_size, generator=generator)
+    batch = to_device({"rgb": rgb, "flow": flow, "flow_rot": flow.flip(2)}, device)
+    out: dict = {"device": str(device), "batch": train.batch_size, "crop": dataset.crop_size, "encoder": train.encoder}
+    for method in ("mscl", "rgb_only"):
+        for variant in variants:
+            make_deterministic(device, variant == "deterministic")
+            torch.manual_seed(0)
+            model = MSCL(train, method, flow_input=dataset.flow_input).to(device).train()
+            if variant.endswith("channels_last"):
+                model = model.to(memory_format=torch.channels_last_3d)
+            if variant.endswith("compile"):
+                for name in ("rgb", "rgb_key") + (("flow", "flow_key") if method == "mscl" else ()):
+                    setattr(model, name, torch.compile(getattr(model, name)))
+            optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
+            scaler = torch.amp.GradScaler(device.type, enabled=cuda)
+            times, losses = [], []
+            try:
+                for step in range(steps + 3):
+                    started = time.perf_counter()
+                    with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+                        loss, _, keys = model(batch, 0.99)
+                    optimiser.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimiser)
+                    scaler.update()
+                    model.enqueue(keys)
+                    losses.append(loss.detach())
+                    if cuda:
+                        torch.cuda.synchronize()
+                    if step >= 3:
+                        times.append(time.perf_counter() - started)
+            except Exception as exc:  # a variant this torch or device cannot run: say so, go on
+                out[f"{method}_{variant}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                continue
+            seconds = statistics.median(times)
+            out[f"{method}_{variant}"] = {"seconds_per_step": round(seconds, 4), "clips_per_s": round(train.batch_size / seconds, 1),
+                                          "finite": bool(torch.stack(losses).isfinite().all())}  # fmt: skip
+            if cuda:
+                out[f"{method}_{variant}"]["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                torch.cuda.reset_peak_memory_stats()
+        base = out.get(f"{method}_deterministic", {}).get("seconds_per_step")
+        for variant in variants:
+            row = out[f"{method}_{variant}"]
+            if base and "seconds_per_step" in row:
+                row["speedup_over_deterministic"] = round(base / row["seconds_per_step"], 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default=None, help="run the device variants here instead (cuda, or cpu to try them)")
+    parser.add_argument("--scale", choices=["paper", "params"], default="paper", help="with --device: the paper's model and batch, or the params'")
+    parser.add_argument("--variants", nargs="+", default=["deterministic", "benchmark", "benchmark_channels_last", "benchmark_compile"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
+    if args.device:
+        train, dataset = params.train, params.dataset
+        if args.scale == "paper":  # r3d_18, batch 128, 112 px, the flow encoder at a quarter width, queue 4096
+            train = train.model_copy(update={"encoder": "r3d_18", "flow_width_ratio": 0.25, "flow_blocks": (2, 2, 2, 2),
+                                             "batch_size": 128, "queue_size": 4096, "head_bn": False, "local_dim": 128})  # fmt: skip
+            dataset = dataset.model_copy(update={"crop_size": 112})
+        print(json.dumps(device_variants(train, dataset, args.device, args.steps, args.variants), indent=2))
+        return
     t, d = params.train, params.dataset
     batch = random_batch(t.batch_size, params.sample.clip_len, d.crop_size, d.flow_input)
     configs = {
