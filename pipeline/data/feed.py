@@ -59,10 +59,10 @@ class DeviceFeed:
 
     def _prepare(self, raw: dict[str, Any], side: torch.cuda.Stream | None):
         """Copy and augment `raw` (on the side stream on CUDA); returns the batch and its ready event."""
+        if side is None:  # on the CPU: torch's own resize, view by view (augment_batch's default there)
+            return self._augment(raw, None), None
         # The resize weights come from the crop boxes, in the CPU's copy of the batch: made here, moved with it.
         geo = geometry(raw["crop"].flatten(0, 1), raw["flip"].flatten(), self.params.crop_size)
-        if side is None:
-            return self._augment(raw, geo), None
         with torch.cuda.stream(side):
             moved = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in raw.items()}
             geo = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in geo.items()}
@@ -71,7 +71,7 @@ class DeviceFeed:
             ready.record(side)
         return batch, ready
 
-    def _augment(self, raw: dict[str, Any], geo: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def _augment(self, raw: dict[str, Any], geo: dict[str, torch.Tensor] | None) -> dict[str, Any]:
         batch = augment_batch(raw, self.params, geo)
         batch["rgb"] = normalise_rgb(batch["rgb"], self.mean, self.std)
         return batch
