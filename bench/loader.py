@@ -380,7 +380,7 @@ def feeding(work: Path, params: DatasetParams, device: str, batch: int, workers:
             while True:
                 yield from feed
 
-        def timed(batches) -> float:
+        def timed(run, batches) -> float:
             for i in range(steps + 3):
                 trainer._step(run, train, next(batches), 0)
                 if run.step % train.log_every == 0:
@@ -396,13 +396,13 @@ def feeding(work: Path, params: DatasetParams, device: str, batch: int, workers:
 
         fed = endless(run.feed)
         first = next(fed)
-        row = {"memory_clips_per_s": timed(iter(lambda: first, None)), "loader_clips_per_s": timed(fed)}
+        row = {"memory_clips_per_s": timed(run, iter(lambda: first, None)), "loader_clips_per_s": timed(run, fed)}
         run.feed.close()
         today = TodayClips(MSCLClips(work / "sample" / "clips.parquet", work / "store.zarr", "dis", run.dataset.params,
                                      with_flow=method == "mscl"))  # fmt: skip
         loader = torch.utils.data.DataLoader(today, batch, num_workers=workers, pin_memory=run.device.type == "cuda",
                                              drop_last=True, persistent_workers=workers > 0)  # fmt: skip
-        row["today_loader_clips_per_s"] = timed(to_device(b, run.device) for b in loader)
+        row["today_loader_clips_per_s"] = timed(run, (to_device(b, run.device) for b in loader))
         row = {k: round(v, 1) for k, v in row.items()}
         row["loader_over_memory"] = round(row["loader_clips_per_s"] / row["memory_clips_per_s"], 3)
         row["today_over_memory"] = round(row["today_loader_clips_per_s"] / row["memory_clips_per_s"], 3)
