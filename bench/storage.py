@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.flow import epe, make_inputs  # noqa: E402
 from pipeline.data import augment  # noqa: E402
 from pipeline.data.dataset import ClipLoader, MSCLClips  # noqa: E402
+from pipeline.data.feed import DeviceFeed  # noqa: E402
 from pipeline.parallel import default_workers  # noqa: E402
 from pipeline.storage import arrays, codecs, store  # noqa: E402
 from pipeline.storage.tables import read_table  # noqa: E402
@@ -250,7 +251,7 @@ def loader_clips_per_s(sample_dir: Path, path: Path, cache_mb: int, reads_only: 
     seed_cpu = augment.seed_cpu
     augment.seed_cpu = torch.manual_seed if before else seed_cpu
     if before:
-        dataset.read_views = lambda video, starts: [MSCLClips.read_views(dataset, video, [s])[0] for s in starts]
+        dataset._read_stored = lambda video, starts: [MSCLClips._read_stored(dataset, video, [s])[0] for s in starts]
     try:
         clips, start = 0, time.perf_counter()
         if reads_only:
@@ -258,7 +259,7 @@ def loader_clips_per_s(sample_dir: Path, path: Path, cache_mb: int, reads_only: 
                 dataset.read(str(video_id), int(start_frame))  # one view's frames and flow
                 clips += 1
         else:
-            for batch in ClipLoader(dataset, 8, num_workers=0):
+            for batch in DeviceFeed(ClipLoader(dataset, 8, num_workers=0), "cpu"):  # read, then augmented
                 clips += len(batch["rgb"])
         return clips / (time.perf_counter() - start)
     finally:
