@@ -159,26 +159,42 @@ class DecodeClock:
             setattr(cls, name, original)
 
 
+def timed_read(read, dataset: MSCLClips, item: int, clock: DecodeClock, parts: dict):
+    """A sample's draw and its views read by `read`, the CPU time split into decode and the rest."""
+    cpu, decoded = time.process_time(), clock.seconds
+    video_id, starts, angle, seeds = dataset.draw(item)
+    views = read(video_id, starts)
+    decode = clock.seconds - decoded
+    parts["decode"] += decode
+    parts["read"] += time.process_time() - cpu - decode
+    return video_id, starts, angle, seeds, views
+
+
+def augmented_sample(augment: ViewAugment, views, seeds, angle: float, video_id: str) -> dict:
+    """A sample as the loader before issue 24 made it in its workers: each view augmented with
+    torchvision, the flow rotated, flow sent as float16."""
+    rgbs, flows = [], []
+    for (rgb, flow), seed in zip(views, seeds, strict=True):
+        rgb, flow, _ = augment(rgb, flow, seed)
+        rgbs.append(rgb.permute(1, 0, 2, 3))
+        if flow is not None:
+            flows.append(flow.permute(1, 0, 2, 3))
+    sample = {"rgb": torch.stack(rgbs), "video_id": video_id}
+    if flows:
+        flow = torch.stack(flows)
+        sample["flow"] = flow.half()
+        sample["flow_rot"] = rotate_vectors(flow.transpose(1, 2), angle).transpose(1, 2).half()
+    return sample
+
+
 def per_sample_worker(dataset: MSCLClips, augment: ViewAugment, items, clock: DecodeClock, parts: dict) -> dict:
     """A batch as a worker made it before the batched pass: per sample, read both views, augment
     each with torchvision view by view, rotate the flow; then collate the samples."""
     samples = []
     for item in items:
-        cpu, decoded = time.process_time(), clock.seconds
-        video_id, starts, angle, seeds = dataset.draw(item)
-        views = dataset.read_views(video_id, starts)
-        read = time.process_time() - cpu
-        parts["decode"] += clock.seconds - decoded
-        parts["read"] += read - (clock.seconds - decoded)
+        video_id, starts, angle, seeds, views = timed_read(dataset.read_views, dataset, item, clock, parts)
         cpu = time.process_time()
-        rgbs, flows = [], []
-        for (rgb, flow), seed in zip(views, seeds, strict=True):
-            rgb, flow, _ = augment(rgb, flow, seed)
-            rgbs.append(rgb.permute(1, 0, 2, 3))
-            flows.append(flow.permute(1, 0, 2, 3))
-        flow = torch.stack(flows)
-        samples.append({"rgb": torch.stack(rgbs), "flow": flow.half(), "video_id": video_id,
-                        "flow_rot": rotate_vectors(flow.transpose(1, 2), angle).transpose(1, 2).half()})  # fmt: skip
+        samples.append(augmented_sample(augment, views, seeds, angle, video_id))
         parts["augment"] += time.process_time() - cpu
     cpu = time.process_time()
     batch = default_collate(samples)
@@ -191,12 +207,7 @@ def reads_only_worker(dataset: MSCLClips, items, clock: DecodeClock, parts: dict
     the augmentation's numbers (`raw_sample`, in its two steps); then batch them."""
     samples = []
     for item in items:
-        cpu, decoded = time.process_time(), clock.seconds
-        video_id, starts, angle, seeds = dataset.draw(item)
-        views = dataset._read_stored(video_id, starts)
-        read = time.process_time() - cpu
-        parts["decode"] += clock.seconds - decoded
-        parts["read"] += read - (clock.seconds - decoded)
+        video_id, starts, angle, seeds, views = timed_read(dataset._read_stored, dataset, item, clock, parts)
         cpu = time.process_time()
         samples.append(dataset.pack(views, video_id, starts, angle, seeds, item, 0, False))
         parts["augment"] += time.process_time() - cpu  # the draws
@@ -342,18 +353,7 @@ class TodayClips(torch.utils.data.IterableDataset):
                 items = items[worker.id :: worker.num_workers]
             for item in items:
                 video_id, starts, angle, seeds = self.dataset.draw(int(item), epoch=epoch)
-                rgbs, flows = [], []
-                for (rgb, flow), seed in zip(self.dataset.read_views(video_id, starts), seeds, strict=True):
-                    rgb, flow, _ = self.augment(rgb, flow, seed)
-                    rgbs.append(rgb.permute(1, 0, 2, 3))
-                    if flow is not None:
-                        flows.append(flow.permute(1, 0, 2, 3))
-                sample = {"rgb": torch.stack(rgbs), "video_id": video_id}
-                if flows:
-                    flow = torch.stack(flows)
-                    sample["flow"] = flow.half()
-                    sample["flow_rot"] = rotate_vectors(flow.transpose(1, 2), angle).transpose(1, 2).half()
-                yield sample
+                yield augmented_sample(self.augment, self.dataset.read_views(video_id, starts), seeds, angle, video_id)
             epoch += 1
 
 
@@ -431,6 +431,8 @@ def main() -> None:
         build(args.videos, args.out, today=False)
         return
     work = args.store or build(args.videos, args.out)
+    if "workers" in args.parts and not (work / "today.zarr").exists():
+        parser.error(f"--parts workers needs {work / 'today.zarr'} (the store before issue 24), which --build-only leaves out")
     demo = load_params(ROOT / "params.yaml").dataset.model_copy(update={"crop_size": 112, "rotation": True, "epoch": "per_clip"})
     paper = DatasetParams(rotation=True, epoch="per_clip")
     results: dict = {"videos": len(read_table(work / "decode" / "decoded.parquet")), "crop": 112, "clip": "8x4", "batch": args.batch}
