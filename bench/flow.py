@@ -103,7 +103,8 @@ def epe(store_path: Path, method: str, rows: list[dict], truths: dict[str, synth
     return round(float(np.concatenate(errors).mean()), 4)
 
 
-def raft(work: Path, rows: list[dict], device: str, batches: list[int], workers: int, iterations: int) -> dict:
+def raft(work: Path, rows: list[dict], device: str, batches: list[int], workers: int, iterations: int,
+         decoded: Path | None = None) -> dict:  # fmt: skip
     """RAFT (large and small) on `device`: the estimator alone over every video's frames at each
     batch size, then the flow stage at its default batch (on CUDA: one process holds the model, the
     frames read by threads ahead of it), as a ratio of the estimator's best rate. Random weights:
@@ -130,21 +131,24 @@ def raft(work: Path, rows: list[dict], device: str, batches: list[int], workers:
                 estimator.estimate(video)
             rates[batch] = pairs / (time.perf_counter() - start)
             out[f"raft_{size}_estimator_batch_{batch}_pairs_per_s"] = round(rates[batch], 1)
+            print(json.dumps({f"raft_{size}_estimator_batch_{batch}_pairs_per_s": out[f"raft_{size}_estimator_batch_{batch}_pairs_per_s"]}),
+                  file=sys.stderr, flush=True)  # fmt: skip
             del estimator
         params = FlowParams(method=f"raft_{size}", **{f"raft_{size}": {"weights": str(weights), "iterations": iterations, "device": device}})
         store_path = work / f"stage_raft_{size}.zarr"
         shutil.rmtree(store_path, ignore_errors=True)
         shutil.copytree(work / "store.zarr" / "frames", store_path / "frames")
         start = time.perf_counter()
-        summary = flow_stage.run(params, work / "decode", store_path, work / f"stage_raft_{size}", workers=workers)
+        summary = flow_stage.run(params, decoded or work / "decode", store_path, work / f"stage_raft_{size}", workers=workers)
         seconds = time.perf_counter() - start
         assert summary.counts.get("computed") == len(rows), summary.text()
         best = max(rates.values())
         out[f"stage_raft_{size}_batch_{getattr(params, f'raft_{size}').batch_size}_pairs_per_s"] = round(pairs / seconds, 1)
         out[f"stage_raft_{size}_over_best_estimator"] = round(pairs / seconds / best, 3)
+        print(json.dumps({f"stage_raft_{size}_over_best_estimator": out[f"stage_raft_{size}_over_best_estimator"]}), file=sys.stderr, flush=True)
         out[f"raft_{size}_best_batch"] = max(rates, key=rates.get)
-        for made in (store_path, work / f"stage_raft_{size}"):
-            shutil.rmtree(made, ignore_errors=True)
+        for made in (store_path, work / f"stage_raft_{size}", *work.glob(f"{store_path.name}.*")):  # .lock, .partial beside it
+            shutil.rmtree(made, ignore_errors=True) if made.is_dir() else made.unlink(missing_ok=True)
         weights.unlink()
     return out
 
@@ -158,12 +162,24 @@ def main() -> None:
     parser.add_argument("--raft-device", default="cuda")
     parser.add_argument("--raft-batches", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--raft-iterations", type=int, default=12)
+    parser.add_argument("--raft-videos", type=int, default=None, help="with --store: only the first N videos")
     parser.add_argument("--store", type=Path, default=None,
                         help="RAFT alone on a work folder with decode/ and store.zarr/frames (bench/loader.py --build-only), kept")  # fmt: skip
     args = parser.parse_args()
     if args.store is not None:  # where there is no FFmpeg or TV-L1 (a GPU machine): RAFT on carried frames
-        rows = read_table(args.store / "decode" / "decoded.parquet").to_pylist()
-        print(json.dumps(raft(args.store, rows, args.raft_device, args.raft_batches, args.workers, args.raft_iterations), indent=2))
+        decoded = args.store / "decode"
+        if args.raft_videos:  # the stage reads its videos from the decode table: a copy holding the first N
+            import pyarrow.parquet as pq
+
+            subset = args.store / f"decode_first_{args.raft_videos}"
+            shutil.rmtree(subset, ignore_errors=True)
+            shutil.copytree(decoded, subset)
+            pq.write_table(pq.read_table(decoded / "decoded.parquet").slice(0, args.raft_videos), subset / "decoded.parquet")
+            decoded = subset
+        rows = read_table(decoded / "decoded.parquet").to_pylist()
+        print(json.dumps(raft(args.store, rows, args.raft_device, args.raft_batches, args.workers, args.raft_iterations, decoded), indent=2))
+        if args.raft_videos:
+            shutil.rmtree(decoded, ignore_errors=True)
         return
     cv2.setNumThreads(1)  # the plain loop and the mmaction2-style baseline are single-process, single-thread
 

@@ -407,6 +407,7 @@ def feeding(work: Path, params: DatasetParams, device: str, batch: int, workers:
         row["loader_over_memory"] = round(row["loader_clips_per_s"] / row["memory_clips_per_s"], 3)
         row["today_over_memory"] = round(row["today_loader_clips_per_s"] / row["memory_clips_per_s"], 3)
         out[method] = row
+        print(json.dumps({method: row}), file=sys.stderr, flush=True)  # kept in the log should a later part be cut off
         del loader, run
     return out
 

@@ -113,6 +113,7 @@ def device_variants(train, dataset, device: str, steps: int, variants: list[str]
             if cuda:
                 out[f"{method}_{variant}"]["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                 torch.cuda.reset_peak_memory_stats()
+            print(json.dumps({f"{method}_{variant}": out[f"{method}_{variant}"]}), file=sys.stderr, flush=True)
         base = out.get(f"{method}_deterministic", {}).get("seconds_per_step")
         for variant in variants:
             row = out[f"{method}_{variant}"]
