@@ -72,6 +72,7 @@ from stages import decode as decode_stage  # noqa: E402
 from stages import flow as flow_stage  # noqa: E402
 from stages import probe as probe_stage  # noqa: E402
 from stages import sample as sample_stage  # noqa: E402
+from train_step import PAPER_MODEL  # noqa: E402  (bench/, this script's folder)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "data" / "bench" / "loader"
@@ -367,8 +368,7 @@ def feeding(work: Path, params: DatasetParams, device: str, batch: int, workers:
 
     train = load_params(ROOT / "params.yaml").train
     if scale == "paper":  # the paper's RGB encoder and batch, the flow encoder at a quarter width
-        train = train.model_copy(update={"encoder": "r3d_18", "flow_width_ratio": 0.25, "flow_blocks": (2, 2, 2, 2),
-                                         "queue_size": 4096, "head_bn": False, "local_dim": 128})  # fmt: skip
+        train = train.model_copy(update=PAPER_MODEL)
     train = train.model_copy(update={"batch_size": batch, "num_workers": workers, "device": device, "epochs": 10_000})
     params = params.model_copy(update={"cache_mb": 0, "epoch": "per_clip"})
     out = {"device": device, "batch": batch, "workers": workers, "steps": steps, "scale": scale}

@@ -33,6 +33,12 @@ from pipeline.models.mscl import MSCL  # noqa: E402
 from schemas.params import load_params  # noqa: E402
 
 
+# The paper's model at the scale the GPU measurements use: torchvision's r3d_18 for RGB, the flow
+# encoder at a quarter of its width, queue 4096 (bench/loader.py uses it too).
+PAPER_MODEL = {"encoder": "r3d_18", "flow_width_ratio": 0.25, "flow_blocks": (2, 2, 2, 2), "queue_size": 4096,
+               "head_bn": False, "local_dim": 128}  # fmt: skip
+
+
 def random_batch(batch: int, clip_len: int, size: int, flow_input: str) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     rgb = torch.randint(0, 256, (batch, 2, 3, clip_len, size, size), generator=generator, dtype=torch.uint8)
@@ -137,8 +143,7 @@ def main() -> None:
     if args.device:
         train, dataset = params.train, params.dataset
         if args.scale == "paper":  # r3d_18, batch 128, 112 px, the flow encoder at a quarter width, queue 4096
-            train = train.model_copy(update={"encoder": "r3d_18", "flow_width_ratio": 0.25, "flow_blocks": (2, 2, 2, 2),
-                                             "batch_size": 128, "queue_size": 4096, "head_bn": False, "local_dim": 128})  # fmt: skip
+            train = train.model_copy(update={**PAPER_MODEL, "batch_size": 128})
             dataset = dataset.model_copy(update={"crop_size": 112})
         print(json.dumps(device_variants(train, dataset, args.device, args.steps, args.variants), indent=2))
         return

@@ -353,12 +353,11 @@ def _compute_all(plan: _Plan, params: FlowParams, outcome: _Outcome, scheduler: 
     # Built here first so that a problem (missing RAFT weights) stops the run before any work.
     estimator = make_estimator(params) if plan.tasks else None
     estimator_info = estimator.describe() if estimator else None
+    shown = {"desc": "extract-flow", "unit": "pair", "weight": lambda task: task.stop - task.start, "noun": "tasks"}
     if _owns_the_device(estimator, scheduler):  # RAFT on the GPU here; the frames read in threads around it
-        results = map_progress(functools.partial(flow_task, estimator=estimator), plan.tasks, workers=workers, ahead=_windows,
-                               desc="extract-flow", unit="pair", weight=lambda task: task.stop - task.start, noun="tasks")  # fmt: skip
+        results = map_progress(functools.partial(flow_task, estimator=estimator), plan.tasks, workers=workers, ahead=_windows, **shown)
     else:
-        results = map_progress(flow_task, plan.tasks, scheduler=scheduler, workers=workers, desc="extract-flow", unit="pair",
-                               weight=lambda task: task.stop - task.start, noun="tasks")  # fmt: skip
+        results = map_progress(flow_task, plan.tasks, scheduler=scheduler, workers=workers, **shown)
     for result in _discarding_on_fault(results, plan.pending):
         task: FlowTask = result["task"]
         video = plan.pending[task.video_id]

@@ -159,8 +159,7 @@ def resample_pixels(x: torch.Tensor, geo: dict[str, torch.Tensor]) -> torch.Tens
 def resample_by_view(x: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
     """What `resample_pixels` (uint8 `x`) or `resample` (float `x`) computes, view by view with
     torch's own resize: (N, T, C, H, W) frames of any strides -> (N, T, C, S, S), a view of (N, C,
-    T, S, S) memory. On a
-    CPU this is the faster way: torch's kernels are fused and vectorised, and uint8 frames of 3
+    T, S, S) memory. On a CPU this is the faster way: torch's kernels are fused and vectorised, and uint8 frames of 3
     channels laid out channels-last (as the store and the workers keep them) take its SIMD path, 8x
     faster at 112 px than the T*3 planes of a view in one call; the banded passes move every value
     through memory once per tap. It is also the reference the batched passes are tested against."""
@@ -295,8 +294,8 @@ def augment_batch(raw: dict[str, Any], params: DatasetParams, geo: dict[str, tor
     views' resize weights (`geometry`), when the caller made them ahead (on the device already).
 
     On a CPU the batch goes through a sample at a time: the same operations, but each one's
-    tensors stay in the CPU's caches, where whole-batch ones stream through memory (2x faster on
-    the demo's flow: bench/loader.py, cpu_pass)."""
+    tensors stay in the CPU's caches, where whole-batch ones stream through memory (1.6x faster
+    with the demo's augmentation: bench/loader.py, cpu_pass)."""
     if batched is None:
         batched = raw["rgb"].device.type != "cpu"
     if batched or len(raw["rgb"]) == 1:

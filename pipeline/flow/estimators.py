@@ -243,9 +243,9 @@ class RAFT:
                     if self.batch_size == 1:
                         raise
                     torch.cuda.empty_cache()
-                    self.batch_size //= 2  # each pair's flow does not depend on its batch: only the rate changes
+                    failed, self.batch_size = self.batch_size, self.batch_size // 2  # each pair's flow does not depend on its batch
                     log.warning("RAFT: out of device memory at %d frame pairs a batch; going on at %d (flow.%s.batch_size)",
-                                self.batch_size * 2, self.batch_size, self.name)  # fmt: skip
+                                failed, self.batch_size, self.name)  # fmt: skip
                     continue
                 out[start:stop] = flow[:, :, :height, :width].permute(0, 2, 3, 1).cpu().numpy()
                 start = stop
