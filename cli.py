@@ -42,10 +42,14 @@ def _setup(params_file: Path) -> Params:
     for noisy in ("distributed", "bokeh", "tornado", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        return load_params(params_file)
+        params = load_params(params_file)
     except ParamsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    from pipeline.storage import fsconfig
+
+    fsconfig.configure(params.data.storage_options)  # here, in the processes started from here, and on a cluster's workers
+    return params
 
 
 def _finish(summary) -> None:
@@ -69,7 +73,7 @@ def make_demo(
 @app.command()
 def probe(
     params_file: Path = ParamsOpt,
-    videos: Optional[Path] = typer.Option(None, help="videos root, scanned recursively (default: data.videos)"),
+    videos: Optional[str] = typer.Option(None, help="videos root, scanned recursively: a folder or an fsspec URL (default: data.videos)"),
     out: Optional[Path] = typer.Option(None, help="output folder for videos.parquet and failures.parquet (default: data.manifest)"),
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
@@ -78,8 +82,8 @@ def probe(
     from stages import probe as stage
 
     params = _setup(params_file)
-    root = videos or Path(params.data.videos)
-    if not root.is_dir():
+    root = videos or params.data.videos
+    if "://" not in root and not Path(root).is_dir():
         typer.echo(f"videos root {root} is not a folder: set data.videos in {params_file} or pass --videos", err=True)
         raise typer.Exit(1)
     _finish(stage.run(params.probe, root, out or params.data.manifest, scheduler=scheduler, workers=workers))
@@ -89,8 +93,9 @@ def probe(
 def decode(
     params_file: Path = ParamsOpt,
     manifest: Optional[Path] = typer.Option(None, help="folder holding videos.parquet (default: data.manifest)"),
-    videos: Optional[Path] = typer.Option(None, help="videos root the manifest's paths are relative to (default: data.videos)"),
-    store: Optional[Path] = typer.Option(None, help="Zarr store; frames go to its frames/ group (default: data.store)"),
+    videos: Optional[str] = typer.Option(None, help="videos root the manifest's paths are relative to, a folder or an fsspec URL "
+                                         "(default: data.videos)"),
+    store: Optional[str] = typer.Option(None, help="Zarr store, a folder or an fsspec URL; frames go to its frames/ group (default: data.store)"),
     out: Optional[Path] = typer.Option(None, help="output folder for decoded.parquet and failures.parquet (default: data.decode)"),
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
@@ -115,9 +120,10 @@ def extract_flow(
         None, help="flow method: tvl1 (OpenCV TV-L1, defaults as OpenCV/denseflow/mmaction2), tvl1_fast (the speed "
         "preset: warm start, 3 scales, 3 warps), dis, farneback, raft_small, raft_large (default: flow.method)"),
     decoded: Optional[Path] = typer.Option(None, help="folder holding decoded.parquet (default: data.decode)"),
-    store: Optional[Path] = typer.Option(None, help="Zarr store: reads frames/, writes flow/<method>/ (default: data.store)"),
+    store: Optional[str] = typer.Option(None, help="Zarr store, a folder or an fsspec URL: reads frames/, writes flow/<method>/ (default: data.store)"),
     out: Optional[Path] = typer.Option(None, help="output folder for videos.parquet, stats.parquet, failures.parquet (default: data.flow)"),
-    videos: Optional[Path] = typer.Option(None, help="videos root: frames stored lossy are decoded again from it (default: data.videos)"),
+    videos: Optional[str] = typer.Option(None, help="videos root, a folder or an fsspec URL: frames stored lossy are decoded again from it "
+                                         "(default: data.videos)"),
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
     verify: bool = VerifyOpt,
@@ -204,7 +210,7 @@ def show_flow(
     video_id: str = typer.Argument(..., help="video id (see data/decode/decoded.parquet)"),
     params_file: Path = ParamsOpt,
     method: Optional[str] = typer.Option(None, help="which flow to show (default: flow.method)"),
-    store: Optional[Path] = typer.Option(None, help="Zarr store (default: data.store)"),
+    store: Optional[str] = typer.Option(None, help="Zarr store, a folder or an fsspec URL (default: data.store)"),
     out: Path = typer.Option(Path("flow.png"), help="PNG strip to write; a .mp4 name writes a video instead"),
     frames: int = typer.Option(6, min=1, help="how many frames the PNG strip shows, evenly spaced"),
 ) -> None:
@@ -213,7 +219,7 @@ def show_flow(
     from tools.show_flow import write_strip, write_video
 
     params = _setup(params_file)
-    store_path = store or Path(params.data.store)
+    store_path = store or params.data.store
     chosen = method or params.flow.method
     try:
         rgb, flow = open_frames(store_path, video_id), open_flow(store_path, chosen, video_id)

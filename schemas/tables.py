@@ -85,6 +85,18 @@ DECODED = pa.schema(
     ]
 )
 
+# <data.decode>/arrays.parquet and <data.flow>/arrays.parquet: the store's arrays a stage wrote, one
+# row each with what its content depends on. DVC tracks these listings, never the store itself (that
+# would put a second copy of it in .dvc/cache, and hash every shard file): a stage downstream re-runs
+# when an array it reads changed.
+STORE_ARRAYS = pa.schema(
+    [
+        pa.field("array", pa.string(), nullable=False),  # path inside the store: frames/<id>, flow/<method>/<id>
+        pa.field("fingerprint", pa.string(), nullable=False),  # of its inputs and params (the array's own attribute)
+        pa.field("num_frames", pa.int64(), nullable=False),  # its first axis: frames, or frame pairs
+    ]
+)
+
 # data/flow/stats.parquet: one row per frame pair of every video (flow stage); enough to screen and
 # re-tune clip sampling without reading the flow again.
 FLOW_STATS = pa.schema(

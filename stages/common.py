@@ -76,6 +76,13 @@ def decoded(video_id: str, relpath: str, *, num_frames: int, height: int, width:
             "source_frame_step": source_frame_step, "scale": scale}  # fmt: skip
 
 
+def flow_listing(flowed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The flow arrays of these rows of the flow stage's videos.parquet, as the store listing DVC
+    tracks (schemas.tables.STORE_ARRAYS)."""
+    return sorted(({"array": r["array"], "fingerprint": r["fingerprint"], "num_frames": r["num_pairs"]} for r in flowed),
+                  key=lambda r: r["array"])  # fmt: skip
+
+
 def repair_command(group: str, imported: bool = False) -> str:
     """The command that rewrites a damaged array of `group`: its stage, reading every chunk of the
     arrays it skips (--verify); for an imported array, the import again."""
@@ -89,11 +96,11 @@ def repair_command(group: str, imported: bool = False) -> str:
 faults.repair_hint = repair_command  # every message about damaged data, wherever a stage or the CLI shows it
 
 
-def protected_folders(videos_root: str | Path | None) -> dict[str, Path]:
+def protected_folders(videos_root: str | Path | None) -> dict[str, Path | str]:
     """The folders a store must never be or hold (pipeline/storage/ownership.py), by what they are."""
     folders = {"the project's folder": PROJECT, "the current folder": Path.cwd()}
     if videos_root is not None:
-        folders[VIDEOS_ROOT] = Path(videos_root)
+        folders[VIDEOS_ROOT] = videos_root if "://" in str(videos_root) else Path(videos_root)
     return folders
 
 

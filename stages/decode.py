@@ -16,6 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from pipeline.io import sources
 from pipeline.io.decode import (
     DecodeError,
     DecodeSpec,
@@ -32,7 +33,7 @@ from pipeline.storage import arrays, faults, ownership, store
 from pipeline.storage.tables import FileSet, read_table, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams
-from schemas.tables import DECODED, FAILURES, VIDEOS
+from schemas.tables import DECODED, FAILURES, STORE_ARRAYS, VIDEOS
 from stages.common import Summary, decoded, failure, frames_fingerprint, listed_arrays, log_failure, protected_folders
 
 STAGE = "decode"
@@ -41,16 +42,17 @@ STAGE = "decode"
 @dataclass(frozen=True)
 class DecodeItem:
     video: dict[str, Any]  # the manifest row
-    path: str  # absolute path of the source
+    path: str  # the source: its absolute path, or its URL under a URL videos root (pipeline/io/sources.py)
     spec: DecodeSpec
     params: DecodeParams
     store: str
     fingerprint: str
     expected_frames: int
     verify: bool = False  # read every chunk of a finished array before skipping it
+    lease: str | None = None  # the run's lease on a store at a URL (pipeline/storage/locks.py)
 
 
-def plan_item(row: dict[str, Any], videos_root: Path, params: DecodeParams, store_path: str) -> DecodeItem:
+def plan_item(row: dict[str, Any], videos_root: str | Path, params: DecodeParams, store_path: str) -> DecodeItem:
     width, height = output_size(row["display_width"], row["display_height"], params.short_side)
     spec = DecodeSpec(
         width=width, height=height, fps=params.fps_fraction(), frame_stride=params.frame_stride,
@@ -59,7 +61,7 @@ def plan_item(row: dict[str, Any], videos_root: Path, params: DecodeParams, stor
     source_fps = Fraction(row["fps_num"], row["fps_den"])
     return DecodeItem(
         video=row,
-        path=str((videos_root / row["relpath"]).absolute()),
+        path=sources.join(videos_root, row["relpath"]),
         spec=spec,
         params=params,
         store=store_path,
@@ -105,17 +107,22 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
         ffmpeg=ffmpeg_binary().version, fingerprint=item.fingerprint,
         decoded_size=(source_width, source_height),  # what FFmpeg decodes to: lets flow decode the source again
     )  # fmt: skip
+    read = [item.path, f"file:{item.path}"]  # what FFmpeg read, as its messages may show it
     try:
         plan = read_plan(spec.width * spec.height * 3, item.params.shard_frames, item.params.memory_mb * 2**20)
-        blocks = iter_frame_blocks(item.path, spec, source_width=source_width, source_height=source_height, plan=plan)
-        count = store.write_frames(
-            item.store, row["video_id"], blocks,
-            height=spec.height, width=spec.width, chunk_frames=item.params.chunk_frames,
-            shard_frames=item.params.shard_frames, attrs=attrs, codec=item.params.codec, quality=item.params.quality,
-        )  # fmt: skip
+        with sources.opened_source(item.path, expires_s=spec.timeout_s) as source:  # a signed URL or a copy, for a URL root
+            read.append(source)
+            blocks = iter_frame_blocks(source, spec, source_width=source_width, source_height=source_height, plan=plan)
+            count = store.write_frames(
+                item.store, row["video_id"], blocks,
+                height=spec.height, width=spec.width, chunk_frames=item.params.chunk_frames,
+                shard_frames=item.params.shard_frames, attrs=attrs, codec=item.params.codec, quality=item.params.quality,
+                lease=item.lease,
+            )  # fmt: skip
     except DecodeError as exc:
-        # Name the file by its relative path: the table must not depend on where the videos live.
-        detail = str(exc).replace(f"file:{item.path}", row["relpath"]).replace(item.path, row["relpath"])
+        # Name the file by its relative path: the table must not depend on where the videos live, nor
+        # show a signed URL.
+        detail = sources.named(str(exc), row["relpath"], read)
         if not isinstance(exc, TooLarge):
             return "failed", failure(STAGE, row["video_id"], row["relpath"], "decode_error", detail)
         fix = ("set decode.short_side (e.g. 128), lower decode.shard_frames, or raise decode.memory_mb to "
@@ -127,7 +134,8 @@ def decode_one(item: DecodeItem) -> tuple[str, dict[str, Any]]:
     except OSError as exc:
         if faults.is_environment(exc, (item.store,)):  # the store's disk, not the video: stop the stage
             raise faults.fault(exc, row["relpath"], item.store, needed=item.expected_frames * spec.height * spec.width * 3) from None
-        return "failed", failure(STAGE, row["video_id"], row["relpath"], "unreadable", f"{exc.strerror or exc}")
+        detail = sources.named(f"{exc.strerror or exc}", row["relpath"], read)  # a URL root's errors may name the object
+        return "failed", failure(STAGE, row["video_id"], row["relpath"], "unreadable", detail)
     return status, decoded_row(item, count)
 
 
@@ -158,7 +166,7 @@ def _decode_all(owner: ownership.Owner, params: DecodeParams, manifest: str | Pa
     sweep(out)  # what a killed run left: its tables' temporary files, a committed set to finish
     if stale := owner.prepare_group(layout.FRAMES_GROUP, {row["video_id"] for row in videos}):
         summary.add("stale arrays removed", stale)
-    items = [replace(plan_item(row, Path(videos_root), params, store_path), verify=verify) for row in videos]
+    items = [replace(plan_item(row, videos_root, params, store_path), verify=verify, lease=owner.lease) for row in videos]
     rows, failures = [], []
     results = map_progress(
         decode_one, items, scheduler=scheduler, workers=workers, desc="decode", unit="frame",
@@ -175,9 +183,12 @@ def _decode_all(owner: ownership.Owner, params: DecodeParams, manifest: str | Pa
     rows.sort(key=lambda row: row["video_id"])
     failures.sort(key=lambda row: row["video_id"])
     metadata = {"params": params.model_dump(mode="json"), "store": store_name}
-    with FileSet(out) as files:  # both tables replaced together, or neither
+    keys = {item.video["video_id"]: item.fingerprint for item in items}
+    listing = [{"array": row["array"], "fingerprint": keys[row["video_id"]], "num_frames": row["num_frames"]} for row in rows]
+    with FileSet(out) as files:  # the tables replaced together, or none
         write_table(out / "decoded.parquet", rows, DECODED, metadata=metadata, files=files)
         write_table(out / "failures.parquet", failures, FAILURES, metadata=metadata, files=files)
+        write_table(out / "arrays.parquet", listing, STORE_ARRAYS, metadata=metadata, files=files)
     summary.add("frames stored", sum(row["num_frames"] for row in rows))
     expected = {item.video["video_id"]: item.expected_frames for item in items}
     off = [row for row in rows if row["num_frames"] != expected[row["video_id"]]]

@@ -42,16 +42,18 @@ from pipeline.flow.estimators import (
 )
 from pipeline.flow.stats import STAT_NAMES, flow_stats, stats_rows
 from pipeline.io.decode import DecodeError, DecodeSpec, iter_frame_blocks
+from pipeline.io.sources import join, named, opened_source
 from pipeline.parallel import map_progress
 from pipeline.storage import arrays, codecs, faults, ownership, store
 from pipeline.storage.tables import FileSet, read_table, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams
-from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
+from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED, STORE_ARRAYS
 from stages.common import (
     Summary,
     failure,
     fingerprint,
+    flow_listing,
     frames_fingerprint,
     listed_arrays,
     log,
@@ -110,7 +112,7 @@ class Source:
     """Where to decode a video's frames again, exactly as the decode stage did, when the store
     holds them lossy: flow is computed from the decoder's pixels, not from JPEG's."""
 
-    path: str
+    path: str  # its absolute path, or its URL under a URL videos root (pipeline/io/sources.py)
     spec: DecodeSpec
     decoded_size: tuple[int, int]
 
@@ -135,10 +137,9 @@ def task_windows(task: FlowTask) -> Iterator[tuple[int, np.ndarray]]:
     if task.source is None:
         yield task.start, store.open_frames(task.store, task.video_id)[task.start : task.stop + 1]
         return
-    source, step = task.source, task.params.pairs_per_task
-    width, height = source.decoded_size
+    step = task.params.pairs_per_task
     pending, first, seen = [], task.start, 0  # frames of the run being gathered, from frame `first`
-    for block in iter_frame_blocks(source.path, source.spec, source_width=width, source_height=height):
+    for block in _source_blocks(task.source, task.relpath):
         pending.append(block[max(first - seen, 0) : task.stop + 1 - seen])
         seen += len(block)
         while seen > min(first + step, task.stop) and first < task.stop:
@@ -149,6 +150,17 @@ def task_windows(task: FlowTask) -> Iterator[tuple[int, np.ndarray]]:
         if first >= task.stop:
             return
     raise DecodeError(f"{task.relpath}: decoding it again gave {seen} frames, fewer than the store's; re-run the decode stage")
+
+
+def _source_blocks(source: Source, relpath: str) -> Iterator[np.ndarray]:
+    """The source's frames, decoded as the decode stage did; errors name the video by its relpath,
+    never by where the videos live or a signed URL."""
+    width, height = source.decoded_size
+    with opened_source(source.path, expires_s=source.spec.timeout_s) as ffmpeg_input:
+        try:
+            yield from iter_frame_blocks(ffmpeg_input, source.spec, source_width=width, source_height=height)
+        except DecodeError as exc:
+            raise DecodeError(named(str(exc), relpath, [ffmpeg_input, source.path])) from None
 
 
 def flow_task(task: FlowTask, windows: Future | None = None, estimator: FlowEstimator | None = None) -> dict[str, Any]:
@@ -190,8 +202,7 @@ def _owns_the_device(estimator: FlowEstimator | None, scheduler: str | None) -> 
 
 def _task_bytes(task: FlowTask) -> int | None:
     """What a task's flow takes uncompressed (an upper bound of what it writes)."""
-    meta = store.array_meta(Path(task.partial).parent, "", Path(task.partial).name) or {}
-    shape = meta.get("shape")
+    shape = store.partial_shape(task.partial)
     return None if not shape else (task.stop - task.start) * shape[1] * shape[2] * 2 * 2
 
 
@@ -211,7 +222,7 @@ class _Video:
 
     row: dict[str, Any]
     done: dict[str, Any]  # its row of videos.parquet
-    partial: Path
+    partial: str
     frames_fingerprint: str
     left: int  # tasks not yet returned
     stats: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # by task start
@@ -247,6 +258,7 @@ class _Outcome:
     store_path: str
     group: str
     summary: Summary
+    lease: str | None = None  # the run's lease on a store at a URL
     done_rows: list[dict[str, Any]] = field(default_factory=list)
     stat_rows: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
@@ -276,7 +288,7 @@ class _Plan:
 def _flow_all(owner: ownership.Owner, params: FlowParams, decoded: str | Path, out: str | Path, scheduler: str | None,
               workers: int | None, videos_root: str | Path | None, verify: bool) -> Summary:  # fmt: skip
     out, group = Path(out), layout.flow_group(params.method)
-    outcome = _Outcome(str(owner.store), group, Summary(f"extract-flow ({params.method})"))
+    outcome = _Outcome(str(owner.store), group, Summary(f"extract-flow ({params.method})"), lease=owner.lease)
     sweep(out)  # what a killed run left: its tables' temporary files, a committed set to finish
     videos = read_table(Path(decoded) / "decoded.parquet", DECODED).to_pylist()
     if stale := owner.prepare_group(group, {row["video_id"] for row in videos}):
@@ -311,7 +323,7 @@ def _plan_all(videos: list[dict[str, Any]], params: FlowParams, outcome: _Outcom
             if videos_root is None:
                 plan.lossy_from_store += 1
             else:
-                source = _source(row, Path(videos_root), decode_params, frames_attrs)
+                source = _source(row, videos_root, decode_params, frames_attrs)
                 frames_fp = frames_fingerprint(frames_attrs["sha256"], decode_params.model_copy(update={"codec": "zstd"}),
                                                frames_attrs["store_version"])  # fmt: skip
         done = {"video_id": row["video_id"], "relpath": row["relpath"], "array": f"{group}/{row['video_id']}",
@@ -331,7 +343,7 @@ def _plan_all(videos: list[dict[str, Any]], params: FlowParams, outcome: _Outcom
             plan.recode.append((row, done, existing))
             continue
         video_tasks = _plan_tasks(row, params, store_path, group, source)
-        plan.pending[row["video_id"]] = _Video(row, done, Path(video_tasks[0].partial), frames_fp, len(video_tasks))
+        plan.pending[row["video_id"]] = _Video(row, done, video_tasks[0].partial, frames_fp, len(video_tasks))
         plan.tasks += video_tasks
     return plan
 
@@ -341,7 +353,7 @@ def _recode_all(plan: _Plan, params: FlowParams, outcome: _Outcome) -> None:
     for row, done, existing in tqdm(plan.recode, desc="extract-flow: re-encode", unit="video", disable=not plan.recode):
         try:
             arrays.recode_flow(outcome.store_path, params.method, row["video_id"], params.precision,
-                               {**existing, "fingerprint": done["fingerprint"]})  # fmt: skip
+                               {**existing, "fingerprint": done["fingerprint"]}, lease=outcome.lease)  # fmt: skip
         except store.CorruptChunkError as exc:
             outcome.fail(row["video_id"], row["relpath"], "bad_flow", str(exc))
             continue
@@ -377,7 +389,7 @@ def _compute_all(plan: _Plan, params: FlowParams, outcome: _Outcome, scheduler: 
         store.publish(outcome.store_path, outcome.group, task.video_id, video.partial, arrays.flow_attrs(
             video_id=task.video_id, method=params.method, estimator=estimator_info, frames_fingerprint=video.frames_fingerprint,
             fingerprint=video.done["fingerprint"], stats=stats, precision=params.precision,
-        ))  # fmt: skip
+        ), lease=outcome.lease)  # fmt: skip
         outcome.done(video.done, stats, "computed")
 
 
@@ -391,6 +403,7 @@ def _write_tables(out: Path, outcome: _Outcome, params: FlowParams) -> None:
                     metadata=metadata, files=files)  # fmt: skip
         write_table(out / "failures.parquet", sorted(outcome.failures, key=lambda r: r["video_id"]), FAILURES, metadata=metadata,
                     files=files)  # fmt: skip
+        write_table(out / "arrays.parquet", flow_listing(outcome.done_rows), STORE_ARRAYS, metadata=metadata, files=files)
 
 
 def flow_fingerprint(frames_fingerprint: str, params: FlowParams) -> str:
@@ -402,10 +415,10 @@ def flow_fingerprint(frames_fingerprint: str, params: FlowParams) -> str:
     return fingerprint(frames_fingerprint, params.method, method_params(params), layout_params, layout.STORE_VERSION)
 
 
-def _source(row: dict[str, Any], videos_root: Path, decode: DecodeParams, frames_attrs: dict[str, Any]) -> Source:
+def _source(row: dict[str, Any], videos_root: str | Path, decode: DecodeParams, frames_attrs: dict[str, Any]) -> Source:
     spec = DecodeSpec(width=row["width"], height=row["height"], fps=decode.fps_fraction(), frame_stride=decode.frame_stride,
                       max_frames=decode.max_frames, timeout_s=decode.timeout_s)  # fmt: skip
-    return Source(str((videos_root / row["relpath"]).absolute()), spec, tuple(frames_attrs["decoded_size"]))
+    return Source(join(videos_root, row["relpath"]), spec, tuple(frames_attrs["decoded_size"]))
 
 
 def _plan_tasks(row: dict[str, Any], params: FlowParams, store_path: str, group: str, source: Source | None) -> list[FlowTask]:

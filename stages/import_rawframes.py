@@ -30,11 +30,12 @@ from pipeline.storage import store as stores
 from pipeline.storage.tables import FileSet, sweep, write_table
 from schemas import store as layout
 from schemas.params import DecodeParams, FlowParams
-from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED
+from schemas.tables import DECODED, FAILURES, FLOW_STATS, FLOWED, STORE_ARRAYS
 from stages.common import (
     Summary,
     decoded,
     failure,
+    flow_listing,
     fingerprint,
     frames_fingerprint,
     listed_arrays,
@@ -56,6 +57,7 @@ class ImportTask:
     bound: float | None  # px of the flow images' 8 bits (None: import frames only)
     fps: float
     verify: bool = False  # read every chunk of the existing arrays before skipping them
+    lease: str | None = None  # the run's lease on a store at a URL (pipeline/storage/locks.py)
 
     @property
     def max_pixels(self) -> int:
@@ -94,10 +96,11 @@ def import_task(task: ImportTask) -> dict:
     row = decoded(video_id, task.relpath, num_frames=shape[0], height=shape[1], width=shape[2], fps=fps, source_frame_step=1.0,
                   scale=shape[2] / source[0])  # fmt: skip
     if flow_key is None:
-        return {"video_id": video_id, "decoded": row, "written": written}
+        return {"video_id": video_id, "decoded": row, "frames_fingerprint": frames_key, "written": written}
     flowed = {"video_id": video_id, "relpath": task.relpath, "array": f"{group}/{video_id}", "method": f.method,
               "num_pairs": shape[0] - 1, "fingerprint": flow_key}  # fmt: skip
-    return {"video_id": video_id, "decoded": row, "flowed": flowed, "stats": stats_rows(video_id, stats), "written": written}
+    return {"video_id": video_id, "decoded": row, "frames_fingerprint": frames_key, "flowed": flowed, "stats": stats_rows(video_id, stats),
+            "written": written}  # fmt: skip
 
 
 def _sound_meta(task: ImportTask, group: str, video_id: str, key: str | None) -> dict | None:
@@ -121,7 +124,7 @@ def _write_video(task: ImportTask, video_id: str, frame_paths: list[Path], pairs
                                 params={**d.recorded(), "imported": True}, ffmpeg="", fingerprint=frames_key)  # fmt: skip
     blocks = rawframes.frame_blocks(frame_paths, (width, height), d.shard_frames, task.max_pixels)
     count = stores.write_frames(task.store, video_id, blocks, height=height, width=width, chunk_frames=d.chunk_frames,
-                                shard_frames=d.shard_frames, attrs=attrs, codec=d.codec, quality=d.quality)  # fmt: skip
+                                shard_frames=d.shard_frames, attrs=attrs, codec=d.codec, quality=d.quality, lease=task.lease)  # fmt: skip
     stats = None
     if pairs is not None:
         stats = _write_flow(task, video_id, pairs, source, (width, height), frames_key, flow_key)  # type: ignore[arg-type]
@@ -147,7 +150,7 @@ def _write_flow(task: ImportTask, video_id: str, pairs: list[tuple[Path, Path]],
         stores.publish(task.store, layout.flow_group(f.method), video_id, partial, arrays.flow_attrs(
             video_id=video_id, method=f.method, estimator=estimator, frames_fingerprint=frames_key, fingerprint=key, stats=stats,
             precision=f.precision, quantisation_step=step,
-        ))  # fmt: skip
+        ), lease=task.lease)  # fmt: skip
     finally:
         stores.discard_partial(partial)
     return stats
@@ -169,7 +172,7 @@ def run(root: str | Path, store: str | Path, decode_out: str | Path, flow_out: s
         groups = [layout.FRAMES_GROUP] + ([layout.flow_group(flow.method)] if bound is not None else [])
         if stale := sum(owner.prepare_group(group, wanted) for group in groups):
             summary.add("stale arrays removed", stale)
-        tasks = [ImportTask(relpath, names, str(root), str(owner.store), decode, flow, bound, fps, verify)
+        tasks = [ImportTask(relpath, names, str(root), str(owner.store), decode, flow, bound, fps, verify, owner.lease)
                  for relpath, names in sorted(tree.folders.items())]  # fmt: skip
         results = sorted(map_progress(import_task, tasks, scheduler=scheduler, workers=workers, desc="import", unit="video"),
                          key=lambda r: r["video_id"])  # fmt: skip
@@ -193,10 +196,13 @@ def _write_tables(results: list[dict], failures: list[dict], decode: DecodeParam
                   decode_out: Path, flow_out: Path, store: str | Path, root: str | Path) -> None:  # fmt: skip
     """decode's tables, and with flow the flow stage's, each folder's set replaced together."""
     metadata = {"params": decode.model_dump(mode="json"), "store": Path(store).name, "imported_from": str(root)}
+    frames = [{"array": r["decoded"]["array"], "fingerprint": r["frames_fingerprint"], "num_frames": r["decoded"]["num_frames"]}
+              for r in results if "decoded" in r]  # fmt: skip
     with FileSet(decode_out) as files:
         write_table(decode_out / "decoded.parquet", [r["decoded"] for r in results if "decoded" in r], DECODED, metadata=metadata,
                     files=files)  # fmt: skip
         write_table(decode_out / "failures.parquet", failures, FAILURES, metadata=metadata, files=files)
+        write_table(decode_out / "arrays.parquet", frames, STORE_ARRAYS, metadata=metadata, files=files)
     if bound is None:
         return
     flow_meta = {"method": flow.method, "params": {"imported": True, "bound": bound}, "moving_threshold": flow.moving_threshold}
@@ -206,3 +212,5 @@ def _write_tables(results: list[dict], failures: list[dict], decode: DecodeParam
         write_table(flow_out / "stats.parquet", [row for r in results for row in r.get("stats", [])], FLOW_STATS, metadata=flow_meta,
                     files=files)  # fmt: skip
         write_table(flow_out / "failures.parquet", [], FAILURES, metadata=flow_meta, files=files)
+        write_table(flow_out / "arrays.parquet", flow_listing([r["flowed"] for r in results if "flowed" in r]), STORE_ARRAYS,
+                    metadata=flow_meta, files=files)  # fmt: skip

@@ -62,7 +62,10 @@ def ffmpeg_exe() -> str:
 
 def input_path(path: str | Path) -> str:
     """An absolute path, so a file named '-x.mp4' is never read as an option, and `file:` so a ':'
-    in a name is never read as a protocol."""
+    in a name is never read as a protocol. A string already in that form, or an http(s) URL (a
+    presigned one, pipeline/io/sources.py), is FFmpeg's input as it is."""
+    if isinstance(path, str) and (path.startswith(("http://", "https://")) or (path.startswith("file:/") and "://" not in path)):
+        return path
     return "file:" + str(Path(path).absolute())
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pipeline.io import sources
 from schemas.errors import MissingInputError
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,11 @@ def _points_to_dir(entry: os.DirEntry) -> bool:
 
 @dataclass(frozen=True)
 class FoundVideo:
-    path: Path  # as reached from the root (may pass through symlinks)
+    path: Path | str  # local: as reached from the root (may pass through symlinks); URL root: the object's URL
     relpath: str  # POSIX, relative to the root
     video_id: str
+    size: int | None = None  # URL root: the object's size and version from the listing (None for a local file)
+    version: str | None = None  # (pipeline/io/sources.py object_version)
 
 
 @dataclass(frozen=True)
@@ -109,11 +112,15 @@ def walk_files(root: str | Path, wanted: Callable[[str], bool], *, follow_symlin
 
 def scan_videos(root: str | Path, extensions: list[str] | tuple[str, ...], *, follow_symlinks: bool = True) -> ScanResult:
     """Every file under `root` whose extension (any case) is in `extensions`, in sorted order
-    (symlinks as `walk_files` treats them)."""
+    (symlinks as `walk_files` treats them). `root` may be an fsspec URL (pipeline/io/sources.py):
+    its objects get the relpaths, so the ids, that the same tree in a local folder gets."""
+    wanted = {ext.lower() for ext in extensions}
+    if sources.is_url(root):
+        remote = sources.list_files(str(root), lambda name: Path(name).suffix.lower() in wanted)
+        return ScanResult([FoundVideo(f.url, f.relpath, video_id(f.relpath), f.size, f.version) for f in remote], [])
     root = Path(root)
     if not root.is_dir():
         raise MissingInputError(f"videos root {root} is not a folder")
-    wanted = {ext.lower() for ext in extensions}
     files, skipped = walk_files(root, lambda name: Path(name).suffix.lower() in wanted, follow_symlinks=follow_symlinks)
     return ScanResult([FoundVideo(f.path, f.relpath, video_id(f.relpath)) for f in files], skipped)
 

@@ -38,7 +38,7 @@ def flow_attrs(*, video_id: str, method: str, estimator: dict[str, Any] | None, 
 
 
 def create_flow(store_path: str | Path, method: str, video_id: str, *, pairs: int, height: int, width: int, precision: float | None,
-                chunk_frames: int, shard_frames: int) -> Path:  # fmt: skip
+                chunk_frames: int, shard_frames: int) -> Path | str:  # fmt: skip
     """An empty flow array (pairs, height, width, 2) under the store's partial root, stored as float16
     or, with `precision`, as int16 multiples of it; to be filled and published (store.publish)."""
     return store.create_partial(
@@ -48,22 +48,26 @@ def create_flow(store_path: str | Path, method: str, video_id: str, *, pairs: in
     )  # fmt: skip
 
 
-def recode_flow(store_path: str | Path, method: str, video_id: str, precision: float, attrs: dict[str, Any]) -> None:
+def recode_flow(store_path: str | Path, method: str, video_id: str, precision: float, attrs: dict[str, Any], *,
+                lease: str | None = None) -> None:  # fmt: skip
     """Rewrite a finished float16 flow array as fixed point at `precision`, shard by shard, in its
     own chunks and shards, atomically; `attrs` (less `num_frames`) replace its attributes. The same
     bytes as writing it so at once."""
     source = store.open_flow(store_path, method, video_id)
     shard = (source.shards or source.chunks)[0]
     pairs, height, width = source.shape[:3]
+    blocks = ((start, codecs.to_fixed(source[start : start + shard], precision)) for start in range(0, pairs, shard))
+    if store.is_url(store_path):  # written in place there: the old array goes when the new one starts, so read it first
+        blocks = iter(list(blocks))
     partial = create_flow(store_path, method, video_id, pairs=pairs, height=height, width=width, precision=precision,
                           chunk_frames=source.chunks[0], shard_frames=shard)  # fmt: skip
     try:
         target = store.open_partial(partial)
-        for start in range(0, pairs, shard):
-            block = source[start : start + shard]
-            target[start : start + len(block)] = codecs.to_fixed(block, precision)
+        for start, block in blocks:
+            target[start : start + len(block)] = block
         kept = {key: value for key, value in attrs.items() if key != "num_frames"}
-        store.publish(store_path, layout.flow_group(method), video_id, partial, {**kept, **layout.fixed_point_attrs(precision)})
+        store.publish(store_path, layout.flow_group(method), video_id, partial, {**kept, **layout.fixed_point_attrs(precision)},
+                      lease=lease)  # fmt: skip
     finally:
         store.discard_partial(partial)
 

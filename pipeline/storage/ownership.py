@@ -12,6 +12,10 @@ A stage that writes the store (decode, extract-flow, import-rawframes) enters `o
    and arrays that the project's own tables (or the groups' listings) name. That store is adopted.
 3. The store's lock is taken (pipeline/storage/locks.py), and only then is the marker written.
 
+A store at a URL (s3://bucket/store.zarr) is checked the same way, without a file system: it must
+not be a bucket's root nor be or hold the videos root; an existing prefix must carry the marker (a
+store on object storage is never adopted without one); the lock is a lease object beside it.
+
 Each group lists the arrays this store wrote in it (`schemas.store.OWNED_ATTR`, a group attribute,
 so it travels with the group and DVC sees it as part of the output). Every array a run may publish
 is listed before its work starts, so a killed run's arrays are listed too. Removing a stale array
@@ -44,16 +48,19 @@ class StoreRefused(UserError, ValueError):
     """A store path a stage will not write: the message names it, why, and the fix."""
 
 
-def check_location(store: str | Path, protected: Mapping[str, str | Path]) -> Path:
-    """The store's absolute path, or StoreRefused if it is a URL, the file system's root, or a
-    `protected` folder ({what it is: path}) or one holding it. Reads nothing but paths; writes nothing."""
+def check_location(store: str | Path, protected: Mapping[str, str | Path]) -> Path | str:
+    """The store's absolute path (or its URL), or StoreRefused if it is the file system's root (a
+    bucket's root), or a `protected` folder ({what it is: path or URL}) or one holding it. Reads
+    nothing but paths; writes nothing."""
     if stores.is_url(store):
-        raise StoreRefused(f"{store}: the data stages write the store to a local folder, not a URL; {FIX}")
+        return _check_url(stores.location(store), protected)
     path = Path(store).absolute()
     real = Path(os.path.realpath(path))
     if real == real.parent:
         raise StoreRefused(f"{store}: is the file system's root; {FIX}")
     for what, folder in protected.items():
+        if stores.is_url(folder):
+            continue  # videos in a bucket: no local store can hold them
         folder = Path(os.path.realpath(Path(folder).absolute()))
         if real == folder:
             raise StoreRefused(f"{store}: is {what}; {FIX}")
@@ -62,9 +69,24 @@ def check_location(store: str | Path, protected: Mapping[str, str | Path]) -> Pa
     return path
 
 
+def _check_url(url: str, protected: Mapping[str, str | Path]) -> str:
+    scheme, _, rest = url.partition("://")
+    if "/" not in rest.strip("/"):
+        raise StoreRefused(f"{url}: is a bucket's root; give the store a prefix of its own (s3://bucket/store.zarr); {FIX}")
+    for what, where in protected.items():
+        if not stores.is_url(where):
+            continue
+        other = stores.location(where)
+        if url == other:
+            raise StoreRefused(f"{url}: is {what}; {FIX}")
+        if other.startswith(url + "/"):
+            raise StoreRefused(f"{url}: holds {what} ({other}); {FIX}")
+    return url
+
+
 def marker(store: str | Path) -> dict | None:
     """The store's identity from its root group's attributes, or None."""
-    value = _attributes(Path(store) / "zarr.json").get(layout.STORE_MARKER)
+    value = _attributes(_node(store, "zarr.json")).get(layout.STORE_MARKER)
     return value if isinstance(value, dict) and "id" in value else None
 
 
@@ -73,6 +95,8 @@ def examine(store: str | Path, listed: Iterable[str] = ()) -> str:
     "legacy" (a store from before the marker, to adopt); StoreRefused otherwise, naming what makes it
     not this pipeline's. `listed`: arrays ("frames/<id>", "flow/<method>/<id>") the project's own
     tables name. Writes nothing."""
+    if stores.is_url(store):
+        return _examine_url(stores.location(store))
     path = Path(store)
     if not path.exists() and not path.is_symlink():
         return "new"
@@ -102,13 +126,33 @@ def examine(store: str | Path, listed: Iterable[str] = ()) -> str:
     return "legacy"
 
 
+def _examine_url(url: str) -> str:
+    """examine() for a store at a URL: "new" where nothing is under its prefix, "ours" with the marker."""
+    if (found := marker(url)) is not None:
+        if not isinstance(found.get("layout"), int) or found["layout"] > layout.STORE_VERSION:
+            raise StoreRefused(f"{url}: a store of layout {found.get('layout')!r}, newer than this pipeline's "
+                               f"({layout.STORE_VERSION}); update the project, or {FIX}")  # fmt: skip
+        return "ours"
+    fs, path = stores.filesystem(url)
+    try:
+        entries = [name for name in fs.ls(path, detail=False) if not name.rstrip("/").rpartition("/")[2].startswith(".")]
+    except FileNotFoundError:
+        entries = []
+    if not entries:
+        return "new"
+    shown = [name.rstrip("/").rpartition("/")[2] for name in entries]
+    raise StoreRefused(f"{url}: is not this pipeline's store (no {layout.STORE_MARKER} marker, and it holds {_some(sorted(shown))}); "
+                       f"nothing was written to it; {FIX}")  # fmt: skip
+
+
 @dataclass
 class Owner:
     """A store this run may write, with the arrays it owns per group."""
 
-    store: Path
+    store: Path | str  # a local folder, or a URL
     listed: frozenset[str] = frozenset()  # arrays the project's tables name, for groups with no listing yet
     notes: list[str] = field(default_factory=list)  # for the stage's summary
+    lease: str | None = None  # the run's lease on a store at a URL, for every publish (pipeline/storage/locks.py)
 
     def prepare_group(self, group: str, wanted: set[str]) -> int:
         """Before a stage writes `group`: create it, drop leftovers of killed runs, list `wanted`
@@ -141,35 +185,36 @@ def owning(store: str | Path, stage: str, *, protected: Mapping[str, str | Path]
     path = check_location(store, protected)
     listed = frozenset(listed)
     examine(path, listed)
-    with locks.hold(path, stage):
+    with locks.hold(path, stage) as lease:
         state = examine(path, listed)  # again, under the lock: another run may have made it meanwhile
         if state != "ours":
             _write_marker(path)
-        owner = Owner(path, listed)
+        owner = Owner(path, listed, lease=lease)
         if state == "legacy":
             owner.notes.append(f"adopted {store}, a store written before stores carried a marker (its tables list its arrays)")
         yield owner
 
 
-def _write_marker(store: Path) -> None:
+def _write_marker(store: Path | str) -> None:
     """Make `store` (absent, empty, or a store from before the marker) this pipeline's: the root
     group's metadata with the marker, written atomically, keeping any attributes it had."""
-    store.mkdir(parents=True, exist_ok=True)
-    meta = _read_json(store / "zarr.json")
+    if not stores.is_url(store):
+        Path(store).mkdir(parents=True, exist_ok=True)
+    meta = _read_json(_node(store, "zarr.json"))
     if meta is None or meta.get("node_type") != "group":
         meta = {"zarr_format": 3, "node_type": "group"}
-    meta["attributes"] = _attributes(store / "zarr.json")
+    meta["attributes"] = _attributes(_node(store, "zarr.json"))
     meta["attributes"][layout.STORE_MARKER] = {
         "layout": layout.STORE_VERSION, "id": uuid.uuid4().hex,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
-    durable.atomic_write_bytes(store / "zarr.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    _write_json(_node(store, "zarr.json"), meta)
 
 
-def _write_listing(store: Path, group: str, names: Iterable[str]) -> None:
+def _write_listing(store: Path | str, group: str, names: Iterable[str]) -> None:
     """Set the group's listing of the arrays this store wrote (its metadata rewritten atomically,
     only when the listing changes)."""
-    path = store / group / "zarr.json"
+    path = _node(store, f"{group}/zarr.json")
     meta = _read_json(path)
     if meta is None:
         raise StoreRefused(f"{path}: the group's metadata does not read; {FIX}")
@@ -177,15 +222,40 @@ def _write_listing(store: Path, group: str, names: Iterable[str]) -> None:
     if attributes.get(layout.OWNED_ATTR) == sorted(names):
         return
     attributes[layout.OWNED_ATTR] = sorted(names)
-    durable.atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    _write_json(path, meta)
 
 
-def _group_listings(store: Path, only: str | None = None) -> dict[str, set[str]]:
+def _node(store: Path | str, key: str) -> Path | str:
+    """The object `key` ("zarr.json", "frames/zarr.json") of a store: a path, or a URL."""
+    return f"{stores.location(store)}/{key}" if stores.is_url(store) else Path(store) / key
+
+
+def _write_json(where: Path | str, value: dict) -> None:
+    """Replace a metadata file atomically (an object store's PUT is atomic by itself)."""
+    body = json.dumps(value, indent=2)
+    if isinstance(where, str):
+        fs, path = stores.filesystem(where)
+        fs.pipe_file(path, body.encode())
+        return
+    durable.atomic_write_bytes(where, lambda tmp: Path(tmp).write_text(body))
+
+
+def _group_listings(store: Path | str, only: str | None = None) -> dict[str, set[str]]:
     """{group: names} of the groups (frames, flow/<method>) that list the arrays the store wrote."""
-    groups = [only] if only else [layout.FRAMES_GROUP, *(f"{layout.FLOW_GROUP}/{p.name}" for p in _subfolders(store / layout.FLOW_GROUP))]
+    if only:
+        groups = [only]
+    elif stores.is_url(store):
+        fs, path = stores.filesystem(f"{stores.location(store)}/{layout.FLOW_GROUP}")
+        try:
+            methods = sorted(name.rstrip("/").rpartition("/")[2] for name in fs.ls(path, detail=False) if fs.isdir(name))
+        except FileNotFoundError:
+            methods = []
+        groups = [layout.FRAMES_GROUP, *(f"{layout.FLOW_GROUP}/{m}" for m in methods)]
+    else:
+        groups = [layout.FRAMES_GROUP, *(f"{layout.FLOW_GROUP}/{p.name}" for p in _subfolders(Path(store) / layout.FLOW_GROUP))]
     out = {}
     for group in groups:
-        names = _attributes(store / group / "zarr.json").get(layout.OWNED_ATTR)
+        names = _attributes(_node(store, f"{group}/zarr.json")).get(layout.OWNED_ATTR)
         if isinstance(names, list):
             out[group] = {name for name in names if isinstance(name, str)}
     return out
@@ -213,15 +283,19 @@ def _some(names: list[str]) -> str:
     return f"{len(names)}: {shown}" if len(names) > 1 else shown
 
 
-def _attributes(path: Path) -> dict:
+def _attributes(path: Path | str) -> dict:
     """The attributes of the zarr metadata at `path`; {} where it does not read or has none."""
     attributes = (_read_json(path) or {}).get("attributes")
     return attributes if isinstance(attributes, dict) else {}
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path | str) -> dict | None:
     try:
-        value = json.loads(path.read_bytes())
+        if isinstance(path, str):
+            fs, key = stores.filesystem(path)
+            value = json.loads(fs.cat_file(key))
+        else:
+            value = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None

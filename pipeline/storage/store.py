@@ -9,8 +9,14 @@ names the video, the array and the chunk, for a chunk that does not decode or a 
 gone, where zarr would return the fill value for the latter; they give fixed-point flow as float16
 pixels, as every reader expects.
 
-Readers (`open_finished` and the functions on it, `array_meta`, `array_attrs`) also take the store as
-an fsspec URL (`s3://bucket/store.zarr`), opened by zarr's FsspecStore; writers need a local folder.
+Every function here also takes the store as an fsspec URL (`s3://bucket/store.zarr`, `gs://...`),
+opened by zarr's FsspecStore. Object stores have no rename, so there an array is written in place and
+its `zarr.json` is the commit: `create_partial` first deletes any old array of that name (its
+`zarr.json` first, so it never reads as finished while it goes), the shards are written where they
+belong while the array's metadata is held aside (`<store>.partial/<group>/<name>.<random>.json`,
+for the processes that fill it), and `publish` writes `zarr.json` last, in one PUT, after checking
+the writer's lease (pipeline/storage/locks.py). A killed run leaves shards without a `zarr.json`,
+which no reader opens as an array and the stage's next start deletes (`clear_partial`).
 Credentials and an S3-compatible endpoint come from the environment (AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3, ...) or fsspec's configuration, as s3fs and botocore read
 them; nothing here takes, stores or prints them.
@@ -19,6 +25,7 @@ them; nothing here takes, stores or prints them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -36,7 +43,7 @@ from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from pipeline.storage import codecs, durable
+from pipeline.storage import codecs, durable, locks
 from pipeline.storage.faults import CorruptChunkError
 from schemas import paths
 from schemas import store as layout
@@ -68,12 +75,17 @@ def array_location(store: str | Path, group: str, name: str) -> str:
 
 def ensure_group(store: str | Path, group: str) -> zarr.Group:
     """Create (or open) the store's root group and every group on the way to `group` ("flow/tvl1")."""
-    path = Path(store)
-    zarr.open_group(store=str(path), mode="a", zarr_format=3)
-    for part in group.split("/"):
-        path = path / part
-        opened = zarr.open_group(store=str(path), mode="a", zarr_format=3)
+    root = location(store) if is_url(store) else str(store)
+    opened = zarr.open_group(store=root, mode="a", zarr_format=3)
+    parts = group.split("/")
+    for depth in range(1, len(parts) + 1):
+        opened = zarr.open_group(store=f"{root}/{'/'.join(parts[:depth])}", mode="a", zarr_format=3)
     return opened
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path within it) of a URL, as fsspec's configuration and the environment make it."""
+    return fsspec.core.url_to_fs(url)
 
 
 def array_meta(store: str | Path, group: str, name: str) -> dict[str, Any] | None:
@@ -97,6 +109,8 @@ def array_attrs(store: str | Path, group: str, name: str) -> dict[str, Any] | No
 
 def finished_arrays(store: str | Path, group: str) -> list[str]:
     """Names of the finished arrays in `group`."""
+    if is_url(store):
+        return sorted(_remote_arrays(store, group)[0])
     root = group_path(store, group)
     if not root.is_dir():
         return []
@@ -116,11 +130,44 @@ def partial_root(store: str | Path) -> Path:
     return store.with_name(store.name + layout.PARTIAL_SUFFIX)
 
 
+def _remote_arrays(store: str | Path, group: str) -> tuple[set[str], set[str]]:
+    """(finished, unfinished) names of the arrays under `group` of the store at a URL: those with a
+    `zarr.json`, and those with only other objects (what a killed run left). One listing of the group."""
+    fs, root = filesystem(f"{location(store)}/{group}")
+    try:
+        keys = fs.find(root)
+    except FileNotFoundError:
+        return set(), set()
+    names: dict[str, bool] = {}
+    for key in keys:
+        parts = key[len(root.rstrip("/")) + 1 :].split("/")
+        if len(parts) >= 2 and not parts[0].startswith("."):
+            names[parts[0]] = names.get(parts[0], False) or parts[1:] == ["zarr.json"]
+    return {n for n, done in names.items() if done}, {n for n, done in names.items() if not done}
+
+
+def _remove_remote(target: str) -> None:
+    """Delete the array at URL `target`: its `zarr.json` first (from then on it is not an array), then the rest."""
+    fs, path = filesystem(target)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(f"{path}/zarr.json")
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)
+
+
 def clear_partial(store: str | Path, group: str) -> None:
     """Remove leftovers of killed runs (never finished arrays, arrays renamed aside to be deleted,
     zarr's temporary `zarr.*.partial` metadata files of the groups), also from inside stores written
     before work in progress moved beside the store. Also makes the groups' metadata on the way to
-    `group` durable (fsync), before any array is published into it."""
+    `group` durable (fsync), before any array is published into it. At a URL: the held-aside
+    metadata, and every array of `group` without a `zarr.json`."""
+    if is_url(store):
+        fs, held = filesystem(f"{location(store)}{layout.PARTIAL_SUFFIX}/{group}")
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(held, recursive=True)
+        for name in _remote_arrays(store, group)[1]:
+            _remove_remote(array_location(store, group, name))
+        return
     shutil.rmtree(partial_root(store) / group, ignore_errors=True)
     for folder in [Path(store) / part for part in (".", *reversed(Path(group).parents[:-1]), group)]:
         for leftover in folder.glob("zarr.*.partial"):
@@ -141,27 +188,113 @@ def create_partial(
 ) -> Path:  # fmt: skip
     """Create an empty array under `<store>.partial/` to be filled (possibly by several processes,
     each writing whole shards) and then published with `publish`. `codec_chain`: zarr.create_array's
-    codec keywords (pipeline/storage/codecs.py; default lossless zstd). Returns its path."""
+    codec keywords (pipeline/storage/codecs.py; default lossless zstd). Returns its path (at a URL:
+    the URL of its metadata held aside, for `open_partial`)."""
+    options = dict(shape=shape, dtype=dtype, chunks=chunks, shards=shards, **(codec_chain or codecs.lossless()), fill_value=0,
+                   dimension_names=axes, zarr_format=3, config={"write_empty_chunks": True})  # fmt: skip
+    if is_url(store):
+        return _create_remote(store, group, name, options)
     ensure_group(store, group)
     folder = partial_root(store) / group
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.{uuid.uuid4().hex}"
-    zarr.create_array(
-        store=str(path), shape=shape, dtype=dtype, chunks=chunks, shards=shards,
-        **(codec_chain or codecs.lossless()), fill_value=0, dimension_names=axes, zarr_format=3,
-        # Our arrays are never all fill value; skipping zarr's check for "empty" chunks halves the
-        # write cost (bench/decode.py), and every chunk is then stored, which is what we want.
-        config={"write_empty_chunks": True},
-    )  # fmt: skip
+    # Our arrays are never all fill value; skipping zarr's check for "empty" chunks (config above)
+    # halves the write cost (bench/decode.py), and every chunk is then stored, which is what we want.
+    zarr.create_array(store=str(path), **options)
     return path
 
 
 def open_partial(path: str | Path) -> zarr.Array:
-    return zarr.open_array(store=str(path), mode="r+", zarr_format=3, config={"write_empty_chunks": True})
+    if is_url(path):
+        return RemotePartial.open(str(path))
+    # zarr.open_array does not apply a `config` (zarr 3.1): set on the opened array, or chunks of fill
+    # values would be left out, and a shard of nothing but those would have no file at all.
+    return zarr.open_array(store=str(path), mode="r+", zarr_format=3).with_config({"write_empty_chunks": True})
 
 
-def publish(store: str | Path, group: str, name: str, partial: str | Path, attrs: dict[str, Any]) -> None:
-    """Store `attrs` (plus `num_frames`, the first axis) and move the finished array into `group`.
+def _create_remote(store: str | Path, group: str, name: str, options: dict[str, Any]) -> str:
+    ensure_group(store, group)
+    target = array_location(store, group, name)
+    _remove_remote(target)
+    metadata = zarr.create_array(store=zarr.storage.MemoryStore(), **options).metadata  # what zarr would write, held aside
+    held = f"{location(store)}{layout.PARTIAL_SUFFIX}/{group}/{name}.{uuid.uuid4().hex}.json"
+    fs, path = filesystem(held)
+    fs.pipe_file(path, json.dumps({"target": target, "metadata": _metadata_json(metadata)}).encode())
+    return held
+
+
+def _metadata_json(metadata: Any) -> dict[str, Any]:
+    return json.loads(metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
+
+
+class RemotePartial:
+    """An array being written at a URL: its shards go where they belong, its metadata stays in this
+    process (and held aside) until `publish` writes it as `zarr.json`. Reads and writes as a zarr
+    array; `resize` changes only the shape held here (a local array's zarr.json would be rewritten)."""
+
+    def __init__(self, held: str, target: str, metadata: Any) -> None:
+        self.held, self.target = held, target
+        self._store = zarr.storage.FsspecStore.from_url(target, read_only=False)
+        self._set(metadata)
+
+    @classmethod
+    def open(cls, held: str) -> RemotePartial:
+        fs, path = filesystem(held)
+        spec = json.loads(fs.cat_file(path))
+        return cls(held, spec["target"], spec["metadata"])
+
+    def _set(self, metadata: Any) -> None:
+        from zarr.core.array import AsyncArray
+        from zarr.storage import StorePath
+
+        self.array = zarr.Array(AsyncArray(metadata, StorePath(self._store), config={"write_empty_chunks": True}))
+
+    @property
+    def metadata(self) -> Any:
+        return self.array.metadata
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    def resize(self, shape: tuple[int, ...]) -> None:
+        self._set(self.array.metadata.update_shape(tuple(shape)))
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        return self.array[selection]
+
+    def __setitem__(self, selection: Any, value: Any) -> None:
+        self.array[selection] = value
+
+    def publish(self, attrs: dict[str, Any], lease: str | None, store: str) -> None:
+        """Check the lease, then write `zarr.json` (the metadata with `attrs` and `num_frames`): the commit."""
+        metadata = self.array.metadata.update_attributes({**self.array.metadata.attributes, **attrs, "num_frames": self.shape[0]})
+        body = metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+        locks.check_lease(store, lease)
+        durable.kill_point("publish.aside")
+        fs, path = filesystem(self.target)
+        fs.pipe_file(f"{path}/zarr.json", body)
+        durable.kill_point("publish.renamed")
+        with contextlib.suppress(FileNotFoundError):
+            held_fs, held_path = filesystem(self.held)
+            held_fs.rm_file(held_path)
+
+
+def partial_shape(partial: str | Path) -> tuple[int, ...] | None:
+    """The shape an array being written was created with (None if it is gone), from its metadata."""
+    try:
+        if is_url(partial):
+            fs, path = filesystem(str(partial))
+            return tuple(json.loads(fs.cat_file(path))["metadata"]["shape"])
+        return tuple(json.loads((Path(partial) / "zarr.json").read_text())["shape"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def publish(store: str | Path, group: str, name: str, partial: str | Path | RemotePartial, attrs: dict[str, Any], *,
+            lease: str | None = None) -> None:  # fmt: skip
+    """Store `attrs` (plus `num_frames`, the first axis) and move the finished array into `group`
+    (at a URL: write its zarr.json, if the run's `lease` is still held; see the module doc).
 
     Never through a state that looks finished but is not: the new array is fsynced whole (shards,
     zarr.json, folders) under the partial root; an old array is first renamed aside into the partial
@@ -169,6 +302,9 @@ def publish(store: str | Path, group: str, name: str, partial: str | Path, attrs
     new one renamed in, the group folder fsynced, and only then is the old one deleted. A kill
     anywhere leaves the old array, none, or the new one; what it leaves in the partial root the
     stage's next start clears (`clear_partial`)."""
+    if is_url(store):
+        (partial if isinstance(partial, RemotePartial) else RemotePartial.open(str(partial))).publish(attrs, lease, location(store))
+        return
     array = open_partial(partial)
     array.attrs.update({**attrs, "num_frames": array.shape[0]})
     durable.fsync_tree(partial)
@@ -197,14 +333,31 @@ def _aside(store: str | Path, group: str, name: str) -> Path | None:
 
 
 def _delete_finished(store: str | Path, group: str, name: str) -> None:
-    """Delete a finished array without ever showing a part of it: renamed aside first, whole."""
+    """Delete a finished array without ever showing a part of it: renamed aside first, whole (at a
+    URL: its zarr.json first)."""
+    if is_url(store):
+        _remove_remote(array_location(store, group, name))
+        return
     aside = _aside(store, group, name)
     if aside is not None:
         durable.fsync_dir(group_path(store, group))
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def discard_partial(partial: str | Path) -> None:
+def discard_partial(partial: str | Path | RemotePartial) -> None:
+    """Drop an array being written (at a URL: its shards and held metadata; never a published one)."""
+    if isinstance(partial, RemotePartial) or is_url(partial):
+        try:
+            partial = partial if isinstance(partial, RemotePartial) else RemotePartial.open(str(partial))
+        except FileNotFoundError:
+            return  # published, or discarded already
+        fs, held = filesystem(partial.held)
+        if fs.exists(f"{filesystem(partial.target)[1]}/zarr.json"):
+            return  # published: nothing to discard
+        _remove_remote(partial.target)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(held)
+        return
     shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -220,12 +373,14 @@ def write_frames(
     attrs: dict[str, Any],
     codec: str = "zstd",
     quality: int = 95,
+    lease: str | None = None,
 ) -> int:
     """Write blocks of (n, H, W, 3) uint8 frames as `frames/<name>`, atomically; returns the count.
 
     Blocks of any length are regrouped into whole shards so that each shard file is written once.
     `attrs` are stored with the array, plus `num_frames`, once the last frame is written. `codec`:
     zstd (lossless, `chunk_frames` frames per chunk) or an image format at `quality` (one frame per chunk).
+    `lease`: the writing run's lease on a store at a URL (pipeline/storage/locks.py).
     """
     group = layout.FRAMES_GROUP
     tmp = create_partial(
@@ -241,7 +396,7 @@ def write_frames(
             array.resize((count + len(shard), height, width, 3))
             array[count : count + len(shard)] = shard
             count += len(shard)
-        publish(store, group, name, tmp, attrs)
+        publish(store, group, name, array if isinstance(array, RemotePartial) else tmp, attrs, lease=lease)
         return count
     finally:
         discard_partial(tmp)
