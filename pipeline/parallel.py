@@ -57,6 +57,7 @@ def dask_client(scheduler: str | None, workers: int | None):
             # down (heartbeats to a scheduler that just closed) is noise for people.
             silence_logs=logging.CRITICAL,
         ) as cluster, Client(cluster) as client:
+            _register_options(client)
             yield client
     else:
         try:
@@ -67,7 +68,16 @@ def dask_client(scheduler: str | None, workers: int | None):
                 "check the address given to --scheduler, or leave it out to use a local cluster"
             ) from None
         with client:
+            _register_options(client)
             yield client
+
+
+def _register_options(client) -> None:
+    """The fsspec options of params (data.storage_options), on every worker of the cluster."""
+    from pipeline.storage import fsconfig
+
+    if options := fsconfig.configured():
+        client.register_plugin(fsconfig.WorkerOptions(options))
 
 
 def map_progress(

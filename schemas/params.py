@@ -17,6 +17,12 @@ from schemas.errors import UserError
 from schemas.store import FRAME_CODECS, STRIP_SUBSAMPLING
 
 
+# Option names of fsspec file systems that hold credentials (s3fs, gcsfs, adlfs, sshfs, ...), refused in params.
+SECRET_OPTIONS = frozenset({"key", "secret", "token", "password", "passwd", "session_token", "security_token", "credentials",
+                            "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "account_key", "sas_token",
+                            "client_secret", "connection_string"})  # fmt: skip
+
+
 class Section(BaseModel):
     """Base of every params section: strict keys, immutable once loaded."""
 
@@ -37,6 +43,30 @@ class DataParams(Section):
     evaluate: str = "data/evaluate"
     labels: str = Field("data/demo/labels.parquet", description="class of each video: a table (relpath, label), or UCF101's "
                         "or HMDB51's split folder (pipeline/data/splits.py): what evaluation scores")
+    storage_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="fsspec options by protocol for the locations above that are URLs, e.g. "
+        "{s3: {endpoint_url: 'http://minio:9000'}}; never credentials (dvc.lock records params): those come from the "
+        "environment, a profile or fsspec's configuration")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        def secrets(options: Any, where: str) -> list[str]:
+            if not isinstance(options, dict):
+                return []
+            found = []
+            for key, inner in options.items():
+                name = str(key).lower()
+                if name in SECRET_OPTIONS or name.endswith(("_secret", "secret_key", "_password", "_token", "access_key")):
+                    found.append(f"{where}.{key}")
+                found += secrets(inner, f"{where}.{key}")
+            return found
+
+        if found := secrets(value, "data.storage_options"):
+            raise ValueError(f"{', '.join(found)}: credentials do not go in params (dvc.lock records every param); put them "
+                             "in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...), a profile, or fsspec's "
+                             "configuration")  # fmt: skip
+        return value
 
 
 # The object motions the demo can make (pipeline/data/synth.py). Under a horizontal flip each class maps
@@ -488,6 +518,8 @@ def _describe(error: dict[str, Any], prefix: str) -> str:
     value = error.get("input")
     if error["type"] == "extra_forbidden":
         return f"{key} = {value!r}: unknown key"
+    if "storage_options" in error["loc"]:  # it may hold a credential: never shown
+        return f"{key}: {error['msg']}"
     allowed = ""
     ctx = error.get("ctx") or {}
     if "expected" in ctx:

@@ -118,3 +118,34 @@ def test_flow_sections():
     # Keys left out of tvl1_fast come from the speed preset, not from OpenCV's defaults.
     assert (params.tvl1_fast.nscales, params.tvl1_fast.warps, params.tvl1_fast.warm_start) == (3, 4, True)
     assert FlowParams().tvl1.model_dump(by_alias=True)["lambda"] == 0.15
+
+
+@pytest.mark.parametrize("options", [
+    {"s3": {"key": "AKIAEXAMPLE", "secret": "hunter2-secret"}},
+    {"s3": {"endpoint_url": "http://minio:9000", "client_kwargs": {"aws_secret_access_key": "hunter2-secret"}}},
+    {"gcs": {"token": "hunter2-secret"}},
+    {"az": {"account_key": "hunter2-secret"}},
+])  # fmt: skip
+def test_credentials_in_storage_options_are_refused_without_being_shown(tmp_path, options):
+    """dvc.lock records params: a credential there would be committed. The error names the key only."""
+    with pytest.raises(ParamsError, match=r"data\.storage_options.*credentials do not go in params") as err:
+        load_params(write(tmp_path, {"data": {"storage_options": options}}))
+    assert "hunter2" not in str(err.value) and "AKIAEXAMPLE" not in str(err.value)
+
+
+def test_storage_options_become_fsspecs_defaults_here_and_in_the_processes_started_from_here(monkeypatch):
+    import subprocess
+    import sys
+
+    import fsspec
+
+    from pipeline.storage import fsconfig
+
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    monkeypatch.setattr(fsconfig, "_applied", {})
+    monkeypatch.delenv("FSSPEC_MEMORY", raising=False)
+    fsconfig.configure({"memory": {"skip_instance_cache": True}})
+    assert fsspec.config.conf["memory"] == {"skip_instance_cache": True} == fsconfig.configured()["memory"]
+    child = subprocess.run([sys.executable, "-c", "import fsspec; print(fsspec.config.conf.get('memory'))"], capture_output=True,
+                           text=True, check=True)  # fmt: skip
+    assert child.stdout.strip() == "{'skip_instance_cache': True}"
