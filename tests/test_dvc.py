@@ -1,6 +1,7 @@
 """`dvc repro` on a fresh copy of the repository: builds everything, then does nothing; a params change
 re-runs only the stages that depend on it."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -58,6 +59,18 @@ def test_repro_builds_everything_then_does_nothing(clone):
     decoded = read_table(root / "data/decode/decoded.parquet").to_pylist()
     assert len(videos) == len(decoded) == 12
     assert all((root / "data/store.zarr/frames" / row["video_id"] / "zarr.json").is_file() for row in decoded)
+    # The store is no DVC output: no stage's output is in it, and none of its files is in .dvc/cache
+    # (DVC names a cached file by its MD5); the listings of its arrays are cached instead.
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    outs = [out["path"] for stage in lock.values() for out in stage.get("outs", [])]
+    assert outs and not [path for path in outs if path.startswith("data/store.zarr")]
+    store_files = [p for p in (root / "data/store.zarr").rglob("*") if p.is_file() and p.stat().st_size]
+    cached = {p.parent.name + p.name for p in (root / ".dvc/cache").rglob("*") if p.is_file()}
+    assert len(store_files) > 24 and not {hashlib.md5(p.read_bytes()).hexdigest() for p in store_files} & cached
+    for listing in ("data/decode/arrays.parquet", "data/flow/arrays.parquet"):
+        assert hashlib.md5((root / listing).read_bytes()).hexdigest() in cached
+    arrays = {row["array"] for row in read_table(root / "data/decode/arrays.parquet").to_pylist()}
+    assert arrays == {row["array"] for row in decoded}
     second = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
     assert "Running stage" not in second.stdout
     status = sh(sys.executable, "-m", "dvc", "status", cwd=root, env=env)
