@@ -46,6 +46,7 @@ from schemas.params import DatasetParams, TrainParams
 CHECKPOINT = "checkpoint.pt"
 LOSS_PARTS = ("rgb", "flow", "flow_rot", "cross", "cross_rot", "lmcl")
 LOG_FIELDS = ("step", "epoch", "lr", "key_momentum", "loss", *LOSS_PARTS)
+TRACE_ENV = "MSCL_TRACE_ITEMS"  # test hook: each rank appends its batches' items to <folder>/rank<r>.jsonl (exactly-once checks)
 
 
 class TooFewClipsError(UserError, ValueError):
@@ -279,9 +280,12 @@ def _loop(run: Run, p: TrainParams, out: Path, method: Method, stop_after: int |
     bar = tqdm(total=run.total_steps, initial=run.step, desc=f"train {method}", unit="step", disable=not (progress and run.dist.main))
     run.model.train()
     started, clips_seen = time.perf_counter(), 0
+    trace = os.environ.get(TRACE_ENV)
     while run.step < run.total_steps and (stop_after is None or run.step < stop_after):
         epoch = run.dataset.epoch
         for batch in run.feed:
+            if trace:
+                _trace(Path(trace), run.dist.rank, epoch, batch)
             _step(run, p, batch, epoch)
             clips_seen += len(batch["video_id"]) * run.dist.world_size
             if run.step % p.log_every == 0:
@@ -297,6 +301,13 @@ def _loop(run: Run, p: TrainParams, out: Path, method: Method, stop_after: int |
     run.feed.close()
     bar.close()
     return clips_seen / max(time.perf_counter() - started, 1e-9)
+
+
+def _trace(folder: Path, rank: int, epoch: int, batch: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    line = {"epoch": epoch, "items": batch["item"].tolist(), "padding": batch["padding"].tolist(), "video_id": list(batch["video_id"])}
+    with open(folder / f"rank{rank}.jsonl", "a") as file:
+        file.write(json.dumps(line) + "\n")
 
 
 def _step(run: Run, p: TrainParams, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
