@@ -304,3 +304,24 @@ def test_a_label_that_is_not_one_line_is_refused_where_it_is_read(demo_sampled, 
     with pytest.raises(UnsafeValueError, match=r"labels.parquet, row 3: label 'aaa\\nbbb' holds a line break"):
         export(demo_sampled, tmp_path / "out", labels)
     assert not (tmp_path / "out").exists()
+
+
+def test_import_to_a_store_at_a_url_writes_the_bytes_of_a_local_import(demo_sampled, tmp_path):
+    import fsspec
+
+    tree = exported_tree(demo_sampled, tmp_path / "export")
+    url, memory = "memory://import-test/store.zarr", fsspec.filesystem("memory")
+    for store, out in ((tmp_path / "store.zarr", tmp_path / "local"), (url, tmp_path / "remote")):
+        summary = import_stage.run(tree, store, out / "decode", out / "flow", DecodeParams(short_side=None), FlowParams(method="dis"),
+                                   bound=20.0, fps=25.0, scheduler="sync")  # fmt: skip
+        assert summary.counts["videos"] == 12 and "failed" not in summary.counts
+    try:
+        local = {str(p.relative_to(tmp_path / "store.zarr")): p.read_bytes() for p in (tmp_path / "store.zarr").rglob("*") if p.is_file()}
+        remote = {key.removeprefix("/import-test/store.zarr/"): memory.cat_file(key) for key in memory.find("/import-test/store.zarr")}
+        local.pop("zarr.json"), remote.pop("zarr.json")  # the root: each store's own identity marker
+        assert remote.keys() == local.keys() and [key for key in local if remote[key] != local[key]] == []
+        for table in ("decode/arrays.parquet", "flow/arrays.parquet"):
+            assert (tmp_path / "remote" / table).read_bytes() == (tmp_path / "local" / table).read_bytes()
+        assert len(read_table(tmp_path / "remote" / "flow" / "arrays.parquet")) == 12
+    finally:
+        memory.rm("/import-test", recursive=True)
