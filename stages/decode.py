@@ -3,6 +3,9 @@
     <store>/frames/<video_id>   the frames (layout: schemas/store.py)
     <out>/decoded.parquet       one row per array (schemas.tables.DECODED)
     <out>/failures.parquet      videos that did not decode, with the reason
+    <out>/arrays.parquet        the arrays it owns and their fingerprints: what DVC tracks of the store
+
+The videos root and the store may each be a folder or an fsspec URL (s3://...; docs/cluster.md).
 
 Atomic and resumable per video: an array appears only when complete, and a re-run skips arrays
 whose fingerprint (source hash + decode params) matches, redoing the rest. Arrays of videos no

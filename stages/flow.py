@@ -5,14 +5,15 @@
     <out>/stats.parquet                per-pair statistics (schemas.tables.FLOW_STATS), also kept in each
                                        array's attributes
     <out>/failures.parquet             videos without flow, and why
+    <out>/arrays.parquet               the arrays it owns and their fingerprints: what DVC tracks of the store
 
 Work is cut into tasks of at most `flow.pairs_per_task` frame pairs (one per short video, several
 per long one), run in parallel with dask, one OpenCV/torch thread per worker; a video whose frames
 are stored lossy is decoded again from its source in one task, which runs the same pieces in one
-pass of the decoder. Each task writes whole shards of a video's array under `<store>.partial/`; the
-array is published when all its tasks are done, so
-a killed run never leaves a partial array that looks finished, and a re-run skips videos whose flow
-fingerprint (frames + method + params) is unchanged.
+pass of the decoder. Each task writes whole shards of a video's array (under `<store>.partial/`, or
+in place at a URL); this process publishes the array when all its tasks are done (pipeline/storage/
+store.py), so a killed run never leaves a partial array that looks finished, and a re-run skips
+videos whose flow fingerprint (frames + method + params) is unchanged.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ keeps a second run out until it ends. No secret appears in any output, table, lo
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -270,3 +271,26 @@ def test_torchrun_on_two_nodes_trains_from_the_bucket_each_clip_once_an_epoch(ru
     items = len(ClipIndex.load(client / "data/sample/clips.parquet").videos)  # dataset.epoch per_video: an item is a video
     assert seen and all(sorted(item for item, _ in pairs) == list(range(items)) for pairs in seen.values())
     assert all({rank for _, rank in pairs} == {0, 1} for pairs in seen.values())
+
+
+def test_dvc_tracks_a_videos_root_in_a_bucket_by_its_objects(env, tmp_path):
+    """With data.videos a bucket URL, the probe stage's dependency is the prefix (the dvc-s3 plugin,
+    by ETags): up to date after a run, changed once an object changes."""
+    fs = _fs()
+    fs.pipe_file(f"{BUCKET}/dvc-videos/a.mp4", b"first")
+    environ = {**env, "AWS_ENDPOINT_URL_S3": env["MSCL_TEST_ENDPOINT"]}
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*dvc, "init", "-q"], cwd=tmp_path, env=environ, check=True)
+    (tmp_path / "dvc.yaml").write_text(f"stages:\n  probe:\n    cmd: echo probed > out.txt\n    deps:\n      - s3://{BUCKET}/dvc-videos\n"
+                                       "    outs:\n      - out.txt\n")  # fmt: skip
+
+    def dvc_says(*args: str) -> str:
+        proc = subprocess.run([*dvc, *args], cwd=tmp_path, env=environ, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    assert "Running stage 'probe'" in dvc_says("repro")
+    assert "up to date" in dvc_says("status")
+    fs.pipe_file(f"{BUCKET}/dvc-videos/a.mp4", b"second")
+    assert re.search(rf"modified:\s+s3://{BUCKET}/dvc-videos", dvc_says("status"))

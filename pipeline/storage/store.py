@@ -25,7 +25,6 @@ them; nothing here takes, stores or prints them.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
