@@ -118,15 +118,15 @@ def cli(*args: str, cwd: Path, environ: dict[str, str], check: bool = True, **ex
     return proc
 
 
-def write_params(folder: Path, data: dict) -> Path:
-    """params.yaml with a small DAG (12 short demo videos, DIS flow, a token training) and these locations."""
+def write_params(folder: Path, data: dict, name: str = "params.yaml") -> Path:
+    """A params file with a small DAG (12 short demo videos, DIS flow, a token training) and these locations."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(data)
     params["make_demo"].update(videos_per_class=2, frames=32)
     params["flow"]["method"] = "dis"
     params["dataset"].update(crop_size=32)
     params["train"].update(width=8, epochs=1, batch_size=8, queue_size=16, num_workers=0, local_dim=16)
-    path = folder / "params.yaml"
+    path = folder / name
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
@@ -149,7 +149,7 @@ def runs(env, tmp_path_factory):
     client = tmp_path_factory.mktemp("client")
     (client / "labels.parquet").write_bytes((local / "demo/labels.parquet").read_bytes())
     write_params(client, {"videos": f"s3://{BUCKET}/videos", "store": f"s3://{BUCKET}/store.zarr", "labels": "labels.parquet",
-                          "storage_options": {"s3": {"endpoint_url": env["MSCL_TEST_ENDPOINT"]}}})  # fmt: skip
+                          "storage_options": {"s3": {"endpoint_url": env["MSCL_TEST_ENDPOINT"]}}}, "cluster.yaml")  # fmt: skip
     cluster = Cluster(tmp_path_factory.mktemp("cluster"), env)
     try:
         cluster.add_worker("worker-1")
@@ -158,7 +158,7 @@ def runs(env, tmp_path_factory):
         remote = {}
         for command in DAG:
             scheduler = ["--scheduler", cluster.address] if command[0] not in ("train", "evaluate") else []
-            remote[command] = cli(*command, *scheduler, cwd=client, environ=env)
+            remote[command] = cli(*command, "--params", "cluster.yaml", *scheduler, cwd=client, environ=env)  # docs/cluster.md's
         yield {"local": local, "client": client, "cluster": cluster, "outputs": [*outputs.values(), *remote.values()]}
     finally:
         cluster.close()
@@ -250,7 +250,7 @@ def test_torchrun_on_two_nodes_trains_from_the_bucket_each_clip_once_an_epoch(ru
         port = probe.getsockname()[1]
     trace = tmp_path / "trace"
     out = tmp_path / "two_nodes"
-    params = yaml.safe_load((client / "params.yaml").read_text())
+    params = yaml.safe_load((client / "cluster.yaml").read_text())
     params["train"].update(batch_size=3, epochs=2)  # 12 videos: 6 a rank, two batches each epoch
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     torchrun = str(Path(sys.executable).parent / "torchrun")
