@@ -98,13 +98,22 @@ def test_the_lease_names_its_holder_is_taken_over_once_ended_and_fences_the_run_
         assert store.finished_arrays(url, "frames") == []
 
 
-def test_the_lease_is_renewed_while_held(url, monkeypatch):
-    monkeypatch.setenv(locks.LEASE_ENV, "0.6")
+def test_the_lease_is_renewed_while_held_through_a_failed_renewal(url, monkeypatch):
+    monkeypatch.setenv(locks.LEASE_ENV, "0.9")
+    real, failures = MEMORY.pipe_file, []
+
+    def flaky(path, value, **kwargs):  # the first renewal meets a network error
+        if "mode" not in kwargs and not failures:
+            failures.append(path)
+            raise ConnectionError("connection reset")
+        return real(path, value, **kwargs)
+
+    monkeypatch.setattr(MEMORY, "pipe_file", flaky)
     with locks.hold(url, "decode") as token:
         first = locks.holder(url)["lease_ends"]
-        time.sleep(0.9)
-        locks.check_lease(url, token)  # past its first end: renewed
-        assert locks.holder(url)["lease_ends"] > first
+        time.sleep(1.4)
+        locks.check_lease(url, token)  # past its first end: renewed after the failed try
+        assert failures and locks.holder(url)["lease_ends"] > first
 
 
 @pytest.mark.parametrize(("where", "protected", "why"), [

@@ -150,9 +150,12 @@ class _Lease:
     def _renew(self) -> None:
         while not self.stopped.wait(self.length / 3):
             info = holder(self.store)
-            if info is None or info.get("token") != self.token:
+            if info is not None and info.get("token") != self.token:
                 return  # taken over: check_lease now refuses this run's publishing
-            self.fs.pipe_file(self.key, self._body())
+            try:
+                self.fs.pipe_file(self.key, self._body())
+            except OSError:  # a network blip: the next renewal, a third of the lease later, tries again
+                continue
 
     def __exit__(self, *exc: object) -> None:
         self.stopped.set()
