@@ -20,6 +20,7 @@ repro: setup
 	$(RUN) dvc repro
 
 test: setup
+	bash tools/install_chromium.sh
 	$(RUN) python -m pytest
 
 bench: setup

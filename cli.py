@@ -52,8 +52,11 @@ def _setup(params_file: Path) -> Params:
     return params
 
 
-def _finish(summary) -> None:
+def _finish(summary, params: Params) -> None:
     typer.echo(summary.text())
+    from stages.common import record_run
+
+    record_run(summary, params.data.runs)  # for the report page: when it ran, how long it took
 
 
 @app.command("make-demo")
@@ -67,7 +70,7 @@ def make_demo(
     from stages import make_demo as stage
 
     params = _setup(params_file)
-    _finish(stage.run(params.make_demo, out or params.data.demo, scheduler=scheduler, workers=workers))
+    _finish(stage.run(params.make_demo, out or params.data.demo, scheduler=scheduler, workers=workers), params)
 
 
 @app.command()
@@ -86,7 +89,7 @@ def probe(
     if "://" not in root and not Path(root).is_dir():
         typer.echo(f"videos root {root} is not a folder: set data.videos in {params_file} or pass --videos", err=True)
         raise typer.Exit(1)
-    _finish(stage.run(params.probe, root, out or params.data.manifest, scheduler=scheduler, workers=workers))
+    _finish(stage.run(params.probe, root, out or params.data.manifest, scheduler=scheduler, workers=workers), params)
 
 
 @app.command()
@@ -110,7 +113,7 @@ def decode(
         params.decode, manifest or data.manifest, videos or data.videos, store or data.store, out or data.decode,
         scheduler=scheduler, workers=workers, verify=verify,
     )  # fmt: skip
-    _finish(summary)
+    _finish(summary, params)
 
 
 @app.command("extract-flow")
@@ -145,7 +148,7 @@ def extract_flow(
     data = params.data
     summary = stage.run(flow_params, decoded or data.decode, store or data.store, out or data.flow,
                         scheduler=scheduler, workers=workers, videos_root=videos or data.videos, verify=verify)  # fmt: skip
-    _finish(summary)
+    _finish(summary, params)
 
 
 def _with_method(flow_params, method: str):
@@ -168,7 +171,7 @@ def sample(
 
     params = _setup(params_file)
     data = params.data
-    _finish(stage.run(params.sample, flowed or data.flow, store or data.store, out or data.sample, scheduler=scheduler, workers=workers))
+    _finish(stage.run(params.sample, flowed or data.flow, store or data.store, out or data.sample, scheduler=scheduler, workers=workers), params)
 
 
 @app.command("inspect-index")
@@ -254,7 +257,7 @@ def train(
     summary = stage.run(params, method, index or Path(data.sample) / "clips.parquet", store or data.store,
                         out or Path(data.train) / method, stop_after=stop_after)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
-        _finish(summary)
+        _finish(summary, params)
 
 
 @app.command()
@@ -269,7 +272,20 @@ def evaluate(
 
     params = _setup(params_file)
     data = params.data
-    _finish(stage.run(params, trained or data.train, labels or data.labels, data.decode, data.store, out or data.evaluate))
+    _finish(stage.run(params, trained or data.train, labels or data.labels, data.decode, data.store, out or data.evaluate), params)
+
+
+@app.command()
+def report(
+    params_file: Path = ParamsOpt,
+    out: Optional[Path] = typer.Option(None, help="output folder for index.html and its images (default: data.report)"),
+) -> None:
+    """One page of what the run made: videos and failures, flow, MDS selection, training and metrics (params: report).
+    Reads the stage outputs only; runs after sample alone too."""
+    from stages import report as stage
+
+    params = _setup(params_file)
+    _finish(stage.run(params, out or params.data.report, params_file=params_file), params)
 
 
 @app.command("import-rawframes")
@@ -291,7 +307,7 @@ def import_rawframes(
     params = _setup(params_file)
     data = params.data
     _finish(run(rawframes, data.store, data.decode, data.flow, params.decode, params.flow, bound=bound if flow else None, fps=fps,
-                follow_symlinks=params.probe.follow_symlinks, verify=verify, scheduler=scheduler, workers=workers))  # fmt: skip
+                follow_symlinks=params.probe.follow_symlinks, verify=verify, scheduler=scheduler, workers=workers), params)  # fmt: skip
 
 
 @app.command("export-mmaction")

@@ -41,6 +41,9 @@ class DataParams(Section):
     sample: str = "data/sample"
     train: str = "data/train"
     evaluate: str = "data/evaluate"
+    report: str = Field("data/report", description="the report page: index.html and its images")
+    runs: str = Field("data/runs", description="when each command last ran and how long it took (one JSON per stage, "
+                      "shown by the report; not a DVC output)")
     labels: str = Field("data/demo/labels.parquet", description="class of each video: a table (relpath, label), or UCF101's "
                         "or HMDB51's split folder (pipeline/data/splits.py): what evaluation scores")
     storage_options: dict[str, dict[str, Any]] = Field(
@@ -492,6 +495,19 @@ class EvaluateParams(Section):
     diagnostics: bool = Field(True, description="also score MSCL's flow encoder on the flow, and a non-learned motion descriptor")
 
 
+class ReportParams(Section):
+    """The report page (stages/report.py): how much of a large dataset it shows."""
+
+    extremes: int = Field(3, ge=0, le=20, description="videos shown as frame-over-flow strips at each end: the most static, the most moving")
+    curves: int = Field(6, ge=0, le=30, description="videos whose MDS score curve is drawn: a third the most selective, a third "
+                        "the least, the rest drawn at random")
+    strip_frames: int = Field(4, ge=1, le=12, description="frames (over their flow) in each strip")
+    image_format: Literal["webp", "jpeg"] = "webp"
+    quality: int = Field(80, ge=1, le=100, description="of the strips' images")
+    page_rows: int = Field(25, ge=5, le=1000, description="rows a table shows at once (paged in the page)")
+    seed: int = Field(0, description="which videos the random curves show")
+
+
 class Params(Section):
     """The whole `params.yaml`."""
 
@@ -504,6 +520,7 @@ class Params(Section):
     dataset: DatasetParams = DatasetParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
 
 
 class ParamsError(UserError, ValueError):

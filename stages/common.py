@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -14,7 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from pipeline.storage import faults
+from pipeline.storage import durable, faults
 from pipeline.storage.ownership import VIDEOS_ROOT
 from schemas import store as store_layout
 from schemas import tables
@@ -54,6 +56,7 @@ class Summary:
 
     stage: str
     started: float = field(default_factory=time.monotonic)
+    began: float = field(default_factory=time.time)  # wall clock, for the run record
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -66,6 +69,18 @@ class Summary:
         lines = [f"{self.stage}: " + ", ".join(parts) + f" in {seconds:.1f} s"]
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def record_run(summary: Summary, runs: str | Path) -> None:
+    """Write `<runs>/<stage>.json`: when the stage last ran, how long it took, its counts (the report
+    page shows them). Not a DVC output, so a re-run never invalidates anything downstream."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", summary.stage).strip("_") or "stage"
+    record = {"stage": summary.stage, "started": datetime.datetime.fromtimestamp(summary.began, datetime.timezone.utc).isoformat(timespec="seconds"),
+              "seconds": round(time.monotonic() - summary.started, 2), "counts": summary.counts}  # fmt: skip
+    try:
+        durable.atomic_write_bytes(Path(runs) / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+    except OSError as exc:  # a record for people: never worth failing the stage over
+        log.warning("could not record the run in %s: %s", runs, exc)
 
 
 def decoded(video_id: str, relpath: str, *, num_frames: int, height: int, width: int, fps: Fraction, source_frame_step: float,
