@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -73,7 +74,9 @@ class Summary:
 
 def record_run(summary: Summary, runs: str | Path) -> None:
     """Write `<runs>/<stage>.json`: when the stage last ran, how long it took, its counts (the report
-    page shows them). Not a DVC output, so a re-run never invalidates anything downstream."""
+    page shows them). Not a DVC output, so a re-run never invalidates anything downstream.
+    `MSCL_RUNS` in the environment puts them elsewhere (the tests keep them out of the checkout)."""
+    runs = os.environ.get("MSCL_RUNS") or runs
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", summary.stage).strip("_") or "stage"
     record = {"stage": summary.stage, "started": datetime.datetime.fromtimestamp(summary.began, datetime.timezone.utc).isoformat(timespec="seconds"),
               "seconds": round(time.monotonic() - summary.started, 2), "counts": summary.counts}  # fmt: skip

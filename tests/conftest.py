@@ -34,6 +34,15 @@ def project_files() -> set[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def run_records_outside_the_checkout(tmp_path_factory):
+    """Every command records its run (stages/common.py record_run) under data.runs, data/runs by
+    default: in the tests, in a folder of their own (processes they start inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MSCL_RUNS", str(tmp_path_factory.mktemp("runs")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def nothing_written_outside_the_tests_folders():
     """No test writes into the project or beside it (a store refused there, say, must leave no lock
     and no zarr.json): everything a test makes lives under its temporary folders."""

@@ -53,8 +53,9 @@ def clone(tmp_path_factory):
 def test_repro_builds_everything_then_does_nothing(clone):
     root, env = clone
     first = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
-    for stage in ("make_demo", "probe", "decode", "flow", "sample", "train@mscl", "train@rgb_only", "evaluate"):
+    for stage in ("make_demo", "probe", "decode", "flow", "sample", "train@mscl", "train@rgb_only", "evaluate", "report"):
         assert f"Running stage '{stage}'" in first.stdout
+    assert "Evaluation" in (root / "data/report/index.html").read_text()  # the DAG ends with the report
     videos = read_table(root / "data/manifest/videos.parquet").to_pylist()
     decoded = read_table(root / "data/decode/decoded.parquet").to_pylist()
     assert len(videos) == len(decoded) == 12

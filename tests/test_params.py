@@ -63,7 +63,7 @@ def test_unknown_key_is_named_with_the_allowed_keys(tmp_path):
 
 
 def test_unknown_section_is_named(tmp_path):
-    with pytest.raises(ParamsError, match=r"decoder = .*unknown key; allowed keys: data, dataset, decode, evaluate, flow, make_demo, probe, sample, train"):
+    with pytest.raises(ParamsError, match=r"decoder = .*unknown key; allowed keys: data, dataset, decode, evaluate, flow, make_demo, probe, report, sample, train"):
         load_params(write(tmp_path, {"decoder": {}}))
 
 
