@@ -5,7 +5,9 @@
 Writes synthetic stage outputs for N videos (the manifest with 5% failures, 48 flow frames and 18
 candidate clips per video, two trainings' losses and the metrics; frames and flow arrays in a
 store for the videos the page shows as strips), then times `stages/report.py` on them and prints
-one JSON object: seconds, the page's and the images' bytes, and what the page holds. The tables
+one JSON object: seconds, the page's and the images' bytes, what the page holds, and (where Chromium
+is installed) how long headless Chromium takes to open the page and run its script, beside an empty
+page (the browser's own start). The tables
 are what the stages would write at that size; their values are random.
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.report.browser import find_chromium, open_page  # noqa: E402
 from pipeline.storage import store  # noqa: E402
 from pipeline.storage.tables import write_table  # noqa: E402
 from schemas.params import Params  # noqa: E402
@@ -109,8 +112,17 @@ def main() -> None:
         seconds = time.perf_counter() - started
         page = root / "report" / "index.html"
         images = list((root / "report" / "img").iterdir())
-        print(json.dumps({"videos": args.videos, "seconds": round(seconds, 2), "page_bytes": page.stat().st_size,
-                          "image_bytes": sum(p.stat().st_size for p in images), "images": len(images), "counts": summary.counts}, indent=2))  # fmt: skip
+        result = {"videos": args.videos, "seconds": round(seconds, 2), "page_bytes": page.stat().st_size,
+                  "image_bytes": sum(p.stat().st_size for p in images), "images": len(images), "counts": summary.counts}
+        if find_chromium():  # how long a browser takes to open it and run its script (the headless start included)
+            started = time.perf_counter()
+            view = open_page(page)
+            result["chromium_open_s"] = round(time.perf_counter() - started, 2)
+            started = time.perf_counter()
+            open_page(root / "empty.html") if (root / "empty.html").write_text("<html><body></body></html>") else None
+            result["chromium_empty_page_s"] = round(time.perf_counter() - started, 2)
+            result["page_errors"] = view.script_errors + view.console_errors
+        print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
