@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import datetime
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pandas as pd
 
 from pipeline.report import figures
 from pipeline.report.page import Section, image, render
+from pipeline.storage import durable
 from pipeline.storage import store as stores
 from pipeline.storage.faults import CorruptChunkError
 from pipeline.storage.tables import read_table
@@ -86,8 +86,9 @@ def run(params: Params, out: str | Path, *, params_file: str | Path = "params.ya
     if videos is None:
         raise MissingInputError(f"no manifest at {inputs.paths['videos']}: run the probe stage (and the stages after it) first")
     images = out / "img"
-    shutil.rmtree(images, ignore_errors=True)  # strips of an earlier report would pile up
     images.mkdir(parents=True, exist_ok=True)
+    for old in [*images.glob("*.webp"), *images.glob("*.jpg")]:  # an earlier report's strips (only its own kinds of file)
+        old.unlink()
     sections = [
         _videos(inputs, videos, params),
         _flow(inputs, params, images, summary),
@@ -97,7 +98,7 @@ def run(params: Params, out: str | Path, *, params_file: str | Path = "params.ya
     ]
     sections.insert(0, _run(params, params_file, inputs))  # last: it lists every input the others read
     page = render("MSCL pipeline report", f"{len(videos):,} usable videos under {params.data.videos}", sections)
-    (out / "index.html").write_text(page)
+    durable.atomic_write_bytes(out / "index.html", lambda tmp: Path(tmp).write_text(page))  # whole, or the old page
     summary.add("videos", len(videos))
     summary.add("images", len(list(images.iterdir())))
     summary.add("inputs read", len(inputs.read))
@@ -225,7 +226,7 @@ def _strip(params: Params, video_id: str, images: Path) -> Path:
     encoded = figures.strip(frames.take(picks), flow.to_pixels(flow.take(picks)), image_format=params.report.image_format,
                             quality=params.report.quality)  # fmt: skip
     path = images / f"{video_id}.{'webp' if params.report.image_format == 'webp' else 'jpg'}"
-    path.write_bytes(encoded)
+    durable.atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(encoded))
     return path
 
 
