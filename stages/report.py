@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,8 @@ def _run(params: Params, params_file: str | Path, inputs: Inputs) -> Section:
                Params().model_dump(mode="json"))]  # fmt: skip
     section.text(f"{len(changed)} params differ from the schema's defaults (schemas/params.py):")
     section.table("params", ["param", "value", "default"], changed, page_rows=params.report.page_rows)
-    runs = sorted(Path(params.data.runs).glob("*.json")) if Path(params.data.runs).is_dir() else []
+    records_at = Path(os.environ.get("MSCL_RUNS") or params.data.runs)  # where record_run wrote them (stages/common.py)
+    runs = sorted(records_at.glob("*.json")) if records_at.is_dir() else []
     records = [json.loads(p.read_text()) for p in runs]
     if records:
         section.text("Each stage's last run (recorded by the command itself):")
@@ -122,7 +124,7 @@ def _run(params: Params, params_file: str | Path, inputs: Inputs) -> Section:
                       [[r.get("stage"), r.get("started"), r.get("seconds"), json.dumps(r.get("counts", {}))] for r in records],
                       page_rows=params.report.page_rows)  # fmt: skip
     else:
-        section.text(f"No run records under {params.data.runs} (each command writes one as it ends).")
+        section.text(f"No run records under {records_at} (each command writes one as it ends).")
     section.text("Inputs this page was made from:")
     section.table("inputs", ["file", "bytes"], [[str(p), p.stat().st_size] for p in inputs.read], page_rows=params.report.page_rows)
     return section

@@ -19,6 +19,7 @@ from schemas.params import Params, ProbeParams
 from schemas.tables import FAILURES
 from stages import probe as probe_stage
 from stages import report as report_stage
+from stages.common import Summary, record_run
 
 CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH, and the test set-up could not install it "
@@ -53,6 +54,9 @@ def outputs(demo_sampled, bad_videos, tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(outputs):
     root, params, _ = outputs
+    ran = Summary("extract-flow (dis)")
+    ran.add("computed", 12)
+    record_run(ran, params.data.runs)  # as the CLI does when a command ends (into MSCL_RUNS in the tests)
     summary = report_stage.run(params, root / "report")
     return root / "report", summary
 
@@ -86,6 +90,7 @@ def test_the_page_opens_in_chromium_without_errors_lists_the_failures_and_loads_
     for row in bad:  # the probe's failures, each with its reason, in the table as the page drew it
         assert row["relpath"] in text and row["reason"] in text
     assert "Evaluation" in text and "mscl - rgb_only" in text
+    assert "extract-flow (dis)" in text and '{"computed": 12}' in text  # the stage's run record
     assert (artifacts / "report.png").stat().st_size > 50_000
     print(f"screenshot: {artifacts / 'report.png'}")
 
