@@ -248,14 +248,9 @@ def _sampling(inputs: Inputs, params: Params) -> Section:
         (figures.histogram(complete["score"], xlabel="clip score (mean MDS of its frames)"), "Clip scores, all candidates"),
         (figures.histogram(complete.loc[complete["selected"], "score"], xlabel="clip score"), "Clip scores, selected"),
     ])  # fmt: skip
-    order = rate.sort_values("rate")
-    third = max(1, params.report.curves // 3) if params.report.curves else 0
-    chosen = list(order.index[-third:][::-1]) + list(order.index[:third])
-    rest = [v for v in order.index if v not in chosen]
-    chosen += [rest[i] for i in np.random.default_rng(params.report.seed).permutation(len(rest))[: max(0, params.report.curves - len(chosen))]]
-    curves = []
+    curves, chosen = [], _curve_videos(rate["rate"], params.report.curves, params.report.seed)
     by_video = scores.groupby("video_id")
-    for video_id in chosen[: params.report.curves]:
+    for video_id in chosen:
         frame = by_video.get_group(video_id).sort_values("frame")
         kept = complete[(complete["video_id"] == video_id) & complete["selected"]]
         spans = [(int(r.start), int(r.start + (r.clip_len - 1) * r.stride)) for r in kept.itertuples()]
@@ -267,6 +262,18 @@ def _sampling(inputs: Inputs, params: Params) -> Section:
     section.table("selection", ["video_id", "rate", "kept", "candidates"], table[["video_id", "rate", "kept", "candidates"]].values.tolist(),
                   page_rows=params.report.page_rows)  # fmt: skip
     return section
+
+
+def _curve_videos(rate: pd.Series, count: int, seed: int) -> list[str]:
+    """`count` videos for score curves: a third the most selective, a third the least, the rest at random."""
+    if count <= 0:
+        return []
+    order = list(rate.sort_values(kind="stable").index)
+    third = max(1, count // 3)
+    chosen = list(dict.fromkeys(order[::-1][:third] + order[:third]))[:count]
+    rest = [video for video in order if video not in chosen]
+    picks = np.random.default_rng(seed).permutation(len(rest))[: count - len(chosen)]
+    return chosen + [rest[i] for i in picks]
 
 
 def _training(inputs: Inputs) -> Section:

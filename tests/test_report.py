@@ -113,3 +113,14 @@ def test_a_report_of_1000_videos_weighs_under_10_mb(tmp_path):
     page = (tmp_path / "report" / "index.html").read_text()
     spec = json.loads(page.split('id="motion"><script type="application/json">')[1].split("</script>")[0])
     assert len(spec["rows"]) == 950 and spec["page_rows"] == params.report.page_rows  # every video, paged in the page
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 6, 30])
+def test_score_curves_show_the_most_and_least_selective_videos_then_some_at_random(count):
+    import pandas as pd
+
+    rate = pd.Series({f"v{k:02d}": k / 20 for k in range(20)})
+    chosen = report_stage._curve_videos(rate, count, seed=0)
+    assert len(chosen) == len(set(chosen)) == min(count, 20)
+    if count >= 2:
+        assert chosen[0] == "v19" and "v00" in chosen  # the most selective first, the least among them
