@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.io import sources
 from pipeline.report import figures
 from pipeline.report.page import Section, image, render
 from pipeline.storage import durable
@@ -98,7 +99,7 @@ def run(params: Params, out: str | Path, *, params_file: str | Path = "params.ya
         _evaluation(inputs),
     ]
     sections.insert(0, _run(params, params_file, inputs))  # last: it lists every input the others read
-    page = render("MSCL pipeline report", f"{len(videos):,} usable videos under {params.data.videos}", sections)
+    page = render("MSCL pipeline report", f"{len(videos):,} usable videos under {sources.redact(params.data.videos)}", sections)
     durable.atomic_write_bytes(out / "index.html", lambda tmp: Path(tmp).write_text(page))  # whole, or the old page
     summary.add("videos", len(videos))
     summary.add("images", len(list(images.iterdir())))
