@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from schemas.params import Params, ParamsError, load_params
+from schemas.paths import is_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
@@ -86,7 +87,7 @@ def probe(
 
     params = _setup(params_file)
     root = videos or params.data.videos
-    if "://" not in root and not Path(root).is_dir():
+    if not is_url(root) and not Path(root).is_dir():
         typer.echo(f"videos root {root} is not a folder: set data.videos in {params_file} or pass --videos", err=True)
         raise typer.Exit(1)
     _finish(stage.run(params.probe, root, out or params.data.manifest, scheduler=scheduler, workers=workers), params)

@@ -118,8 +118,9 @@ def main() -> None:
             started = time.perf_counter()
             view = open_page(page)
             result["chromium_open_s"] = round(time.perf_counter() - started, 2)
+            (root / "empty.html").write_text("<html><body></body></html>")
             started = time.perf_counter()
-            open_page(root / "empty.html") if (root / "empty.html").write_text("<html><body></body></html>") else None
+            open_page(root / "empty.html")
             result["chromium_empty_page_s"] = round(time.perf_counter() - started, 2)
             result["page_errors"] = view.script_errors + view.console_errors
         print(json.dumps(result, indent=2))

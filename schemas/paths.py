@@ -24,6 +24,12 @@ LABEL_COLUMNS = ("label",)
 CHECKED_COLUMNS = (*ID_COLUMNS, *RELPATH_COLUMNS, *LABEL_COLUMNS)
 
 
+def is_url(location: object) -> bool:
+    """Whether a location (videos root, store, table) is an fsspec URL (s3://bucket/..., file:///...)
+    rather than a local path: the one test every layer uses."""
+    return "://" in str(location)
+
+
 class UnsafeValueError(UserError, ValueError):
     """An id or path from a table that could reach outside its root."""
 

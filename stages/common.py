@@ -22,6 +22,7 @@ from pipeline.storage.ownership import VIDEOS_ROOT
 from schemas import store as store_layout
 from schemas import tables
 from schemas.params import DecodeParams
+from schemas.paths import is_url
 
 log = logging.getLogger("stages")
 PROJECT = Path(__file__).resolve().parent.parent  # this checkout: never a store, nor inside one
@@ -118,7 +119,7 @@ def protected_folders(videos_root: str | Path | None) -> dict[str, Path | str]:
     """The folders a store must never be or hold (pipeline/storage/ownership.py), by what they are."""
     folders = {"the project's folder": PROJECT, "the current folder": Path.cwd()}
     if videos_root is not None:
-        folders[VIDEOS_ROOT] = videos_root if "://" in str(videos_root) else Path(videos_root)
+        folders[VIDEOS_ROOT] = videos_root if is_url(videos_root) else Path(videos_root)
     return folders
 
 

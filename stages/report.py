@@ -57,27 +57,27 @@ class Inputs:
         self.read: list[Path] = []
 
     def table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame | None:
-        path = self.paths[name]
-        if not path.is_file():
+        if (path := self._found(name)) is None:
             return None
-        self.read.append(path)
         table = read_table(path)  # checks its ids and relpaths, as every reader of the tables does
         return (table.select(columns) if columns else table).to_pandas()
 
     def json(self, name: str) -> dict[str, Any] | None:
-        path = self.paths[name]
-        if not path.is_file():
-            return None
-        self.read.append(path)
-        return json.loads(path.read_text())
+        return None if (path := self._found(name)) is None else json.loads(path.read_text())
 
     def csv(self, name: str) -> list[dict[str, str]] | None:
+        if (path := self._found(name)) is None:
+            return None
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def _found(self, name: str) -> Path | None:
+        """The input's path, recorded as read, or None where the stage that writes it has not run."""
         path = self.paths[name]
         if not path.is_file():
             return None
         self.read.append(path)
-        with open(path, newline="") as handle:
-            return list(csv.DictReader(handle))
+        return path
 
 
 def run(params: Params, out: str | Path, *, params_file: str | Path = "params.yaml") -> Summary:
@@ -303,15 +303,13 @@ def _evaluation(inputs: Inputs) -> Section:
         return section
     encoders = [name for name in ("mscl", "rgb_only", "random") if name in metrics]
     keys = [k for k in metrics[encoders[0]] if not isinstance(metrics[encoders[0]][k], dict)] if encoders else []
-    rows = []
-    for key in keys:
-        values = [metrics[e].get(key) for e in encoders]
-        margins = [round(values[0] - v, 2) if None not in (values[0], v) else None for v in values[1:]]
-        rows.append([key, *values, *margins])
+    def row(label: str, values: list[Any]) -> list[Any]:  # the values, then the first encoder's margin over each other
+        return [label, *values, *[round(values[0] - v, 2) if None not in (values[0], v) else None for v in values[1:]]]
+
+    rows = [row(key, [metrics[e].get(key) for e in encoders]) for key in keys]
     for group in ("clip", "linear_probe"):
         for key in (metrics[encoders[0]].get(group) or {}) if encoders else []:
-            values = [(metrics[e].get(group) or {}).get(key) for e in encoders]
-            rows.append([f"{group} {key}", *values, *[round(values[0] - v, 2) if None not in (values[0], v) else None for v in values[1:]]])
+            rows.append(row(f"{group} {key}", [(metrics[e].get(group) or {}).get(key) for e in encoders]))
     columns = ["metric", *encoders, *[f"{encoders[0]} - {e}" for e in encoders[1:]]]
     section.text("Retrieval and probes of the RGB encoders (video-level unless named), with MSCL's margins:")
     section.table("metrics", columns, rows, page_rows=50)

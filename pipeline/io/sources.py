@@ -20,6 +20,7 @@ import fsspec
 
 from pipeline.io.ffmpeg_binary import input_path
 from schemas.errors import MissingInputError, UserError
+from schemas.paths import is_url
 
 _BLOCK_BYTES = 8 * 2**20  # one read of an object: big enough for few requests, small for memory
 _SIGN_MARGIN_S = 300  # a signed URL outlives the decode timeout by this much
@@ -28,11 +29,6 @@ _SIGN_MAX_S = 7 * 24 * 3600  # the longest S3 and GCS sign for
 
 class SourceUnavailable(UserError, RuntimeError):
     """A videos root at a URL that cannot be listed: no package for its protocol, or no access."""
-
-
-def is_url(root: str | Path) -> bool:
-    """Whether `root` is an fsspec URL (any string holding "://", file:// included) rather than a path."""
-    return "://" in str(root)
 
 
 def join(root: str | Path, relpath: str) -> str:

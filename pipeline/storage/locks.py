@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import fsspec
 
 from schemas.errors import UserError
+from schemas.paths import is_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 SUFFIX = ".lock"
@@ -48,10 +49,6 @@ class LockedError(UserError, RuntimeError):
 
 class LeaseLost(UserError, RuntimeError):
     """The lease of a store on object storage ended or was taken over: this run must not publish."""
-
-
-def _is_url(path: str | Path) -> bool:
-    return "://" in str(path)
 
 
 def lease_seconds() -> float:
@@ -71,7 +68,7 @@ def lock_url(url: str) -> str:
 def holder(path: str | Path) -> dict[str, Any] | None:
     """What the lock file (or object) of `path` says of its (last) holder, or None."""
     try:
-        if _is_url(path):
+        if is_url(path):
             fs, where = fsspec.core.url_to_fs(lock_url(str(path)))
             return json.loads(fs.cat_file(where))
         return json.loads(lock_path(path).read_text())
@@ -89,7 +86,7 @@ def _me(stage: str) -> dict[str, Any]:
 def hold(path: str | Path, stage: str) -> Iterator[str | None]:
     """Hold the lock of `path` for `stage`, or raise LockedError naming who has it. Yields the
     lease's token for a URL (to give to `check_lease` where arrays are published), else None."""
-    if _is_url(path):
+    if is_url(path):
         with _Lease(str(path), stage) as lease:
             yield lease.token
         return
@@ -183,7 +180,7 @@ def _who(info: dict[str, Any]) -> str:
 
 def _busy(path: str | Path, stage: str, info: dict[str, Any] | None = None) -> str:
     info = holder(path) if info is None else info
-    if _is_url(path):
+    if is_url(path):
         left = max(0.0, (info or {}).get("lease_ends", 0) - time.time())
         return (f"{path} is in use by {_who(info or {})}; {stage} will not run on it at the same time. Wait for that run "
                 f"to end or stop it; if it died, its lease ends within {left:.0f} s and the next run takes over "

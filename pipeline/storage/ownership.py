@@ -102,10 +102,7 @@ def examine(store: str | Path, listed: Iterable[str] = ()) -> str:
         return "new"
     if not path.is_dir():
         raise StoreRefused(f"{store}: exists and is not a folder; {FIX}")
-    if (found := marker(path)) is not None:
-        if not isinstance(found.get("layout"), int) or found["layout"] > layout.STORE_VERSION:
-            raise StoreRefused(f"{store}: a store of layout {found.get('layout')!r}, newer than this pipeline's "
-                               f"({layout.STORE_VERSION}); update the project, or {FIX}")  # fmt: skip
+    if _carries_marker(store):
         return "ours"
     entries = sorted(name for name in os.listdir(path) if not _temporary(name))
     if not entries:
@@ -126,12 +123,20 @@ def examine(store: str | Path, listed: Iterable[str] = ()) -> str:
     return "legacy"
 
 
+def _carries_marker(store: str | Path) -> bool:
+    """Whether the store carries this pipeline's marker; StoreRefused for a layout newer than this pipeline's."""
+    found = marker(store)
+    if found is None:
+        return False
+    if not isinstance(found.get("layout"), int) or found["layout"] > layout.STORE_VERSION:
+        raise StoreRefused(f"{store}: a store of layout {found.get('layout')!r}, newer than this pipeline's "
+                           f"({layout.STORE_VERSION}); update the project, or {FIX}")  # fmt: skip
+    return True
+
+
 def _examine_url(url: str) -> str:
     """examine() for a store at a URL: "new" where nothing is under its prefix, "ours" with the marker."""
-    if (found := marker(url)) is not None:
-        if not isinstance(found.get("layout"), int) or found["layout"] > layout.STORE_VERSION:
-            raise StoreRefused(f"{url}: a store of layout {found.get('layout')!r}, newer than this pipeline's "
-                               f"({layout.STORE_VERSION}); update the project, or {FIX}")  # fmt: skip
+    if _carries_marker(url):
         return "ours"
     fs, path = stores.filesystem(url)
     try:
@@ -242,17 +247,9 @@ def _write_json(where: Path | str, value: dict) -> None:
 
 def _group_listings(store: Path | str, only: str | None = None) -> dict[str, set[str]]:
     """{group: names} of the groups (frames, flow/<method>) that list the arrays the store wrote."""
-    if only:
-        groups = [only]
-    elif stores.is_url(store):
-        fs, path = stores.filesystem(f"{stores.location(store)}/{layout.FLOW_GROUP}")
-        try:
-            methods = sorted(name.rstrip("/").rpartition("/")[2] for name in fs.ls(path, detail=False) if fs.isdir(name))
-        except FileNotFoundError:
-            methods = []
-        groups = [layout.FRAMES_GROUP, *(f"{layout.FLOW_GROUP}/{m}" for m in methods)]
-    else:
-        groups = [layout.FRAMES_GROUP, *(f"{layout.FLOW_GROUP}/{p.name}" for p in _subfolders(Path(store) / layout.FLOW_GROUP))]
+    # Every group is looked for only in a local store (examine's adoption of a store from before the
+    # marker); at a URL a stage asks for its own group.
+    groups = [only] if only else [layout.FRAMES_GROUP, *(f"{layout.FLOW_GROUP}/{p.name}" for p in _subfolders(Path(store) / layout.FLOW_GROUP))]
     out = {}
     for group in groups:
         names = _attributes(_node(store, f"{group}/zarr.json")).get(layout.OWNED_ATTR)

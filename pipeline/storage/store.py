@@ -45,6 +45,7 @@ from zarr.core.sync import sync
 from pipeline.storage import codecs, durable, locks
 from pipeline.storage.faults import CorruptChunkError
 from schemas import paths
+from schemas.paths import is_url
 from schemas import store as layout
 from schemas.errors import MissingInputError
 
@@ -55,11 +56,6 @@ TRASH_SUFFIX = ".trash"  # a replaced or removed array, renamed aside into the p
 
 def group_path(store: str | Path, group: str) -> Path:
     return Path(store) / group
-
-
-def is_url(store: str | Path) -> bool:
-    """Whether `store` is an fsspec URL (s3://bucket/store.zarr, file:///...) rather than a local path."""
-    return "://" in str(store)
 
 
 def location(store: str | Path) -> str:
@@ -218,12 +214,13 @@ def _create_remote(store: str | Path, group: str, name: str, options: dict[str, 
     metadata = zarr.create_array(store=zarr.storage.MemoryStore(), **options).metadata  # what zarr would write, held aside
     held = f"{location(store)}{layout.PARTIAL_SUFFIX}/{group}/{name}.{uuid.uuid4().hex}.json"
     fs, path = filesystem(held)
-    fs.pipe_file(path, json.dumps({"target": target, "metadata": _metadata_json(metadata)}).encode())
+    fs.pipe_file(path, json.dumps({"target": target, "metadata": json.loads(_metadata_bytes(metadata))}).encode())
     return held
 
 
-def _metadata_json(metadata: Any) -> dict[str, Any]:
-    return json.loads(metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
+def _metadata_bytes(metadata: Any) -> bytes:
+    """An array's metadata as zarr writes it to its zarr.json."""
+    return metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
 
 
 class RemotePartial:
@@ -268,7 +265,7 @@ class RemotePartial:
     def publish(self, attrs: dict[str, Any], lease: str | None, store: str) -> None:
         """Check the lease, then write `zarr.json` (the metadata with `attrs` and `num_frames`): the commit."""
         metadata = self.array.metadata.update_attributes({**self.array.metadata.attributes, **attrs, "num_frames": self.shape[0]})
-        body = metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+        body = _metadata_bytes(metadata)
         locks.check_lease(store, lease)
         durable.kill_point("publish.aside")
         fs, path = filesystem(self.target)
@@ -396,9 +393,10 @@ def write_frames(
             array[count : count + len(shard)] = shard
             count += len(shard)
         publish(store, group, name, array if isinstance(array, RemotePartial) else tmp, attrs, lease=lease)
-        return count
-    finally:
+    except BaseException:  # only an array that was not published is left to discard (at a URL that is a request)
         discard_partial(tmp)
+        raise
+    return count
 
 
 def _regroup(blocks: Iterable[np.ndarray], size: int, frame_shape: tuple[int, ...]):
